@@ -1,0 +1,278 @@
+"""`labkit bench gsp`: the GSP transport solver and layer, timed side by side in one run.
+
+Three comparisons, each a ratio of medians over interleaved repetitions (shared machines are
+noisy, so both sides of a ratio see the same load):
+
+1. transport forward + backward on costs (B, K, n) = (64, 64, 49), μ = 0.3, γ = 5: our solver
+   (scalar fixed point in the log domain, stopped at convergence) against a plain 100-step
+   solver written like the authors' (β-domain, fixed iterations), both with the same
+   closed-form backward; plus the largest difference between the two plans.
+2. the implicit backward against autograd through the unrolled iterations: backward time and
+   bytes saved for backward (counted with ``torch.autograd.graph.saved_tensors_hooks``, each
+   storage once). "unrolled" runs the iterations our forward runs; "unrolled-100" runs the
+   authors' fixed 100.
+3. the whole GSP layer (1x1 projection, costs, transport, pooling) forward + backward on a
+   (64, 512, 7, 7) map with K = 64, as a share of one ResNet-18 training step (batch 64,
+   224 px, SGD).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from labkit.methods.gsp import GSP, gsp_transport, transport_iterations, transport_vjp
+
+
+def _plain_forward(costs: torch.Tensor, mu: float, gamma: float, iters: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' plain β-domain iteration (fixed steps, β init μ, no early stop)."""
+    n = costs.shape[-1]
+    e = torch.exp(costs * (-gamma))
+    s = e.sum(1)
+    beta = torch.full_like(s[:, :1], mu)
+    for _ in range(iters):
+        rho = (1.0 / n) / (1.0 + beta * s)
+        beta = mu / (rho * s).sum(-1, keepdim=True)
+    rho = (1.0 / n) / (1.0 + beta * s)
+    return rho, (beta * rho).unsqueeze(1) * e
+
+
+class _PlainTransport(torch.autograd.Function):
+    """The authors' plain solver with our closed-form backward."""
+
+    @staticmethod
+    def forward(ctx, costs, mu, gamma, iters):
+        rho, pi = _plain_forward(costs, mu, gamma, iters)
+        ctx.gamma = gamma
+        ctx.save_for_backward(rho, pi)
+        return rho, pi
+
+    @staticmethod
+    def backward(ctx, grad_rho, grad_pi):
+        rho, pi = ctx.saved_tensors
+        return transport_vjp(rho, pi, grad_rho, grad_pi, ctx.gamma), None, None, None
+
+
+def plain_transport(costs: torch.Tensor, mu: float, gamma: float, iters: int = 100
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: the authors' 100-step β iteration, same backward as ``gsp_transport``."""
+    return _PlainTransport.apply(costs, mu, gamma, iters)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device
+                 ) -> dict[str, float]:
+    """Median seconds per call of each fn, calls interleaved round-robin after one warm-up."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _saved_bytes(run: Callable[[], object], exclude: torch.Tensor | None = None) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``run`` builds its graph.
+
+    Each storage counts once; ``exclude`` (the input, held by its producer anyway) not at all.
+    """
+    seen: dict[int, int] = {}
+    skip = None if exclude is None else exclude.untyped_storage().data_ptr()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() != skip:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    del out
+    return sum(seen.values())
+
+
+def bench_transport(shape: tuple[int, int, int] = (64, 64, 49), mu: float = 0.3,
+                    gamma: float = 5.0, repeats: int = 30, device: torch.device | str = "cpu",
+                    seed: int = 0) -> dict[str, float]:
+    """Comparisons 1 and 2 on random costs in [0, 2] of ``shape``."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    base = (2.0 * torch.rand(shape, generator=g)).to(device)
+    weight_rho = torch.randn(shape[0], shape[2], generator=g).to(device)
+    weight_pi = torch.randn(shape, generator=g).to(device)
+
+    def loss(rho, pi):
+        return (rho * weight_rho).sum() + (pi * weight_pi).sum()
+
+    def fwd_bwd(solver):
+        def run():
+            c = base.clone().requires_grad_(True)
+            loss(*solver(c)).backward()
+            return c.grad
+        return run
+
+    ours = fwd_bwd(lambda c: gsp_transport(c, mu, gamma))
+    plain = fwd_bwd(lambda c: plain_transport(c, mu, gamma, 100))
+    t = _interleaved({"ours": ours, "plain": plain}, repeats, device)
+    with torch.no_grad():
+        rho_a, pi_a = gsp_transport(base, mu, gamma)
+        rho_b, pi_b = plain_transport(base, mu, gamma, 100)
+        plan_diff = max((pi_a - pi_b).abs().max().item(), (rho_a - rho_b).abs().max().item())
+    grad_diff = (ours() - plain()).abs().max().item()
+
+    # Backward only: build the graph outside the timer, time .backward(). "authors-100" is
+    # autograd through the authors' own 100-step loop (their TF grad_method="auto").
+    def solver_of(mode):
+        if mode == "authors-100":
+            return lambda c: _plain_forward(c, mu, gamma, 100)
+        if mode == "unrolled-100":
+            return lambda c: gsp_transport(c, mu, gamma, 100, "unrolled", tol=0.0)
+        return lambda c: gsp_transport(c, mu, gamma, backward=mode)
+
+    modes = ("implicit", "unrolled", "unrolled-100", "authors-100")
+
+    def backward_of(mode):
+        solver = solver_of(mode)
+
+        def run():
+            c = base.clone().requires_grad_(True)
+            out = loss(*solver(c))
+            _sync(device)
+            t0 = time.perf_counter()
+            out.backward()
+            _sync(device)
+            return time.perf_counter() - t0
+        return run
+
+    runners = {m: backward_of(m) for m in modes}
+    bw: dict[str, list[float]] = {m: [] for m in modes}
+    for r in runners.values():
+        r()
+    for _ in range(repeats):
+        for name, r in runners.items():
+            bw[name].append(r())
+    bwt = {k: statistics.median(v) for k, v in bw.items()}
+    mem = {}
+    for m in modes:
+        c = base.clone().requires_grad_(True)
+        mem[m] = _saved_bytes(lambda c=c, m=m: solver_of(m)(c), exclude=c)
+    res = {
+        "iterations": float(transport_iterations(base, mu, gamma)),
+        "transport_ms_ours": 1e3 * t["ours"], "transport_ms_plain100": 1e3 * t["plain"],
+        "transport_speedup": t["plain"] / t["ours"],
+        "plan_max_diff": plan_diff, "grad_max_diff": grad_diff,
+    }
+    for m in modes:
+        key = m.replace("-", "")
+        res[f"backward_ms_{key}"] = 1e3 * bwt[m]
+        res[f"saved_mb_{key}"] = mem[m] / 2**20
+        if m != "implicit":
+            res[f"backward_speedup_vs_{key}"] = bwt[m] / bwt["implicit"]
+            res[f"memory_ratio_vs_{key}"] = mem[m] / mem["implicit"]
+    return res
+
+
+def bench_layer(batch: int = 64, channels: int = 512, size: int = 7, dim: int = 512,
+                num_prototypes: int = 64, image_size: int = 224, repeats: int = 10,
+                resnet_repeats: int = 2, device: torch.device | str = "cpu",
+                seed: int = 0) -> dict[str, float]:
+    """Comparison 3: GSP layer fwd+bwd vs a ResNet-18 SGD step on (batch, 3, image_size²)."""
+    from torchvision.models import resnet18
+
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    layer = GSP(channels, dim, num_prototypes, mu=0.3, gamma=5.0).to(device)
+    fmap = torch.randn(batch, channels, size, size, device=device)
+    layer(fmap)  # k-centre initialisation outside the timer
+
+    def gsp_step():
+        x = fmap.clone().requires_grad_(True)
+        layer(x).square().sum().backward()
+
+    net = resnet18(num_classes=100).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randn(batch, 3, image_size, image_size, device=device)
+    labels = torch.randint(0, 100, (batch,), device=device)
+
+    def resnet_step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(images), labels).backward()
+        opt.step()
+
+    t_gsp = _interleaved({"gsp": gsp_step}, repeats, device)["gsp"]
+    t_res = _interleaved({"resnet": resnet_step}, resnet_repeats, device)["resnet"]
+    return {"layer_ms": 1e3 * t_gsp, "resnet18_step_ms": 1e3 * t_res,
+            "layer_share_of_resnet_step": t_gsp / t_res}
+
+
+def _report(res: dict[str, float], device: torch.device) -> str:
+    lines = [f"GSP benchmark on {device} (ratios from one run, medians of interleaved repeats)"]
+    if "transport_speedup" in res:
+        lines += [
+            f"  fixed point stops after {res['iterations']:.0f} iterations (plain solver: 100)",
+            f"  transport fwd+bwd : ours {res['transport_ms_ours']:.3f} ms | plain-100 "
+            f"{res['transport_ms_plain100']:.3f} ms | speed-up {res['transport_speedup']:.2f}x"
+            f" (target >= 3x); plan max diff {res['plan_max_diff']:.1e} (target <= 1e-6)",
+        ]
+        for key, label in (("unrolled", "unrolled (same iterations)"),
+                           ("unrolled100", "unrolled, 100 iterations"),
+                           ("authors100", "authors' loop, 100 iterations")):
+            lines.append(
+                f"  implicit vs {label:31s}: backward {res['backward_ms_implicit']:.3f} vs "
+                f"{res[f'backward_ms_{key}']:.3f} ms = {res[f'backward_speedup_vs_{key}']:.2f}x "
+                f"faster (target >= 3x); saved {res['saved_mb_implicit']:.2f} vs "
+                f"{res[f'saved_mb_{key}']:.2f} MB = {res[f'memory_ratio_vs_{key}']:.2f}x less "
+                f"(target >= 5x)")
+    if "layer_share_of_resnet_step" in res:
+        lines.append(
+            f"  GSP layer fwd+bwd {res['layer_ms']:.2f} ms | ResNet-18 step "
+            f"{res['resnet18_step_ms']:.1f} ms | share {100 * res['layer_share_of_resnet_step']:.2f}%"
+            f" (target <= 1%)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the GSP benchmarks, print the ratios side by side, return the numbers."""
+    parser = argparse.ArgumentParser(prog="labkit bench gsp", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: core's choice)")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--skip-layer", action="store_true", help="skip the ResNet-18 comparison")
+    args = parser.parse_args(argv)
+    if args.device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.tiny:
+        res = bench_transport((4, 8, 9), repeats=args.repeats, device=device)
+        if not args.skip_layer:
+            res |= bench_layer(batch=2, channels=8, size=3, dim=8, num_prototypes=4,
+                               image_size=32, repeats=args.repeats, resnet_repeats=1,
+                               device=device)
+    else:
+        res = bench_transport(repeats=args.repeats, device=device)
+        if not args.skip_layer:
+            res |= bench_layer(repeats=max(3, args.repeats // 3), device=device)
+    res["device"] = str(device)
+    print(_report(res, device))
+    return res
+
+
+if __name__ == "__main__":
+    main()

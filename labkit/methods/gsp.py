@@ -1,0 +1,489 @@
+"""Generalized Sum Pooling (GSP) for metric learning (Gürbüz, Şener, Alatan; ICCV 2023).
+
+Global average pooling (GAP) treats every local feature of a conv map alike. GSP instead solves,
+per image, an entropy-smoothed *partial* optimal-transport problem between the n = h*w local
+features f_i (mass 1/n each) and K learnable prototypes ω_k, plus a residual bin ρ: only a
+fraction μ of the total mass is transported, so the layer may switch off up to 1 - μ of the
+features (background, nuisance). The pooled vector is the transported-mass weighted average of
+the features; at μ = 1 every feature is fully transported and GSP is exactly GAP.
+
+Reconstruction notice: only the paper's abstract was available. Everything here follows the
+method spec (``shared/methods/04_generalized_sum_pooling.md``), which reconstructs the maths from
+the authors' code; the paper's notation and numbers are UNVERIFIED.
+
+Problem per image, costs c (K, n), ε = 1/γ::
+
+    min_{π>=0, ρ>=0}  Σ c_ki π_ki + ε Σ π_ki (log π_ki - 1) + ε Σ ρ_i (log ρ_i - 1)
+    s.t.  ρ_i + Σ_k π_ki = 1/n  (each feature)      Σ_ki π_ki = μ  (transport ratio)
+
+KKT gives π_ki = β exp(-γ c_ki) ρ_i, ρ_i = (1/n) / (1 + β s_i), s_i = Σ_k exp(-γ c_ki), with one
+scalar β per image fixing the total mass. With u = log β and ℓ_i = log s_i this reads
+
+    t_i = Σ_k π_ki = σ(u + ℓ_i) / n,   π_ki = t_i softmax_k(-γ c_·i),   ρ_i = σ(-u - ℓ_i) / n,
+
+which is finite for any γ (no kernel underflow). The authors' fixed point β ← μ / Σ_i ρ_i s_i is,
+in these variables, u ← u + log(μ n) - log Σ_i σ(u + ℓ_i); we iterate it in that form and stop at
+convergence instead of running a fixed 100 steps. Its contraction factor at the solution is
+Σ_i a_i² / (μ n) with a_i = n t_i (about μ when the weights are even, near 1 for a hard 0/1
+selection), so μ close to 1 or a very large γ need more steps; ``iters`` caps them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "GSP",
+    "GSPOutput",
+    "ZeroShotPredictionLoss",
+    "GSPMetricLoss",
+    "gsp_transport",
+    "transport_vjp",
+    "transport_weights",
+    "unit_ball",
+    "prototype_costs",
+    "k_center",
+    "zero_shot_prediction_loss",
+]
+
+Backward = Literal["implicit", "unrolled"]
+
+
+# --------------------------------------------------------------------------- argument checks
+def _check_mu_gamma(mu: float, gamma: float) -> tuple[float, float]:
+    mu, gamma = float(mu), float(gamma)
+    if not (0.0 < mu <= 1.0) or math.isnan(mu):
+        raise ValueError(f"mu (the transport ratio) must lie in (0, 1], got {mu}")
+    if not gamma > 0.0 or math.isinf(gamma):
+        raise ValueError(f"gamma (the inverse entropy temperature 1/eps) must be a finite "
+                         f"number > 0, got {gamma}")
+    return mu, gamma
+
+
+def _check_costs(costs: torch.Tensor) -> None:
+    if not isinstance(costs, torch.Tensor):
+        raise ValueError(f"costs must be a torch.Tensor of shape (B, K, n), got {type(costs)}")
+    if costs.dim() != 3:
+        raise ValueError(f"costs must have shape (B, K, n) = (batch, prototypes, features), "
+                         f"got a tensor of rank {costs.dim()} with shape {tuple(costs.shape)}")
+    if min(costs.shape) == 0:
+        raise ValueError(f"costs must be non-empty, got shape {tuple(costs.shape)}")
+    if not costs.is_floating_point():
+        raise ValueError(f"costs must be a floating-point tensor, got {costs.dtype}")
+
+
+def _default_tol(dtype: torch.dtype) -> float:
+    # The step is log(transported mass / μ); its float floor is ~sqrt(n) eps, so ask for a bit
+    # more than that (float32: 7.6e-6, float64: 1.4e-14).
+    return 64.0 * torch.finfo(dtype).eps
+
+
+# --------------------------------------------------------------------------- the solver
+def _solve_log_beta(log_s: torch.Tensor, mu: float, iters: int, tol: float,
+                    check_every: int = 4) -> tuple[torch.Tensor, int]:
+    """Scalar fixed point for u = log β, vectorised over the batch.
+
+    log_s: (B, n) = ℓ_i. Returns u (B, 1) and the number of iterations run. Convergence is
+    checked every ``check_every`` steps only, so on a GPU the loop syncs with the host rarely.
+    """
+    n = log_s.shape[-1]
+    target = log_s.new_tensor(math.log(mu * n))
+    # Exact when all s_i are equal (then σ(u + ℓ) = μ for every feature): a warm start that
+    # typically saves a few iterations over the authors' β = 1 or β = μ.
+    u = math.log(mu / (1.0 - mu)) - log_s.mean(dim=-1, keepdim=True)
+    done = 0
+    for it in range(iters):
+        step = torch.sigmoid(u + log_s).sum(dim=-1, keepdim=True).log_().sub_(target)
+        u = u - step
+        done = it + 1
+        if tol > 0 and done % check_every == 0 and bool(step.abs().max() <= tol):
+            break
+    return u, done
+
+
+def _kernel(costs: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E = exp(-γ (c - m)) with m_i = min_k c_ki, s_i = Σ_k E_ki >= 1, ℓ_i = log s_i - γ m_i.
+
+    The per-feature shift is a hand-made logsumexp that keeps E for the plan, so every
+    exp(-γ c) is evaluated once and nothing underflows to 0/0, whatever γ.
+    """
+    m = costs.amin(dim=1, keepdim=True)
+    e = torch.sub(m, costs).mul_(gamma).exp_()
+    s = e.sum(dim=1)
+    log_s = s.log() - gamma * m.squeeze(1)
+    return e, s, log_s
+
+
+def _transport(costs: torch.Tensor, mu: float, gamma: float, iters: int, tol: float,
+               inplace: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward solve: returns (rho, pi, t) with t_i = Σ_k π_ki."""
+    n = costs.shape[-1]
+    e, s, log_s = _kernel(costs, gamma)
+    if mu == 1.0:  # every feature fully transported, ρ = 0 exactly: no iterations
+        rho = torch.zeros_like(log_s)
+        t = torch.full_like(log_s, 1.0 / n)
+    else:
+        u, _ = _solve_log_beta(log_s, mu, iters, tol)
+        x = u + log_s
+        rho = torch.sigmoid(-x) / n  # σ(-x), not 1/n - t: no cancellation for kept features
+        t = torch.sigmoid(x) / n
+    coef = (t / s).unsqueeze(1)  # π_ki = t_i E_ki / s_i = t_i softmax_k(-γ c_·i)
+    pi = e.mul_(coef) if inplace else e * coef
+    return rho, pi, t
+
+
+def transport_vjp(rho: torch.Tensor, pi: torch.Tensor, grad_rho: torch.Tensor,
+                  grad_pi: torch.Tensor, gamma: float, t: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Closed-form implicit gradient of the transport w.r.t. the costs.
+
+    rho (B, n), pi (B, K, n) at the optimum (t = Σ_k π optional, recomputed if not given);
+    grad_rho = ∂L/∂ρ, grad_pi = ∂L/∂π. Returns ∂L/∂c (B, K, n). Derived from the KKT system
+    (spec §2; re-derived here, the paper's form is UNVERIFIED): with
+    h_i = ρ_i G0_i + Σ_k π_ki G_ki and D = n Σ_i ρ_i t_i (= 1 - μ - n Σ ρ_i², the Schur
+    complement of the bordered constraint system),
+
+        τ = (n Σ_i ρ_i h_i - Σ_i ρ_i G0_i) / D,   ∂L/∂c_ki = -γ π_ki (G_ki - n h_i - n τ ρ_i).
+
+    No matrix inverse and no stored iterations. D = 0 only when ρ_i t_i = 0 for every i (μ = 1,
+    or a hard 0/1 selection); then ρ-weighted terms vanish with it and τ is set to 0.
+    """
+    n = rho.shape[-1]
+    if t is None:
+        t = pi.sum(dim=1)  # not 1/n - ρ: that cancels badly for features that are switched off
+    rg = rho * grad_rho
+    h = rg + (pi * grad_pi).sum(dim=1)
+    denom = n * (rho * t).sum(dim=-1, keepdim=True)
+    numer = n * (rho * h).sum(dim=-1, keepdim=True) - rg.sum(dim=-1, keepdim=True)
+    tiny = torch.finfo(rho.dtype).tiny
+    tau = torch.where(denom > tiny, numer / denom.clamp_min(tiny), torch.zeros_like(denom))
+    row = (gamma * n) * (h + tau * rho)  # (B, n)
+    return pi * torch.sub(row.unsqueeze(1), grad_pi, alpha=gamma)
+
+
+class _ImplicitTransport(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, costs, mu, gamma, iters, tol):
+        rho, pi, t = _transport(costs, mu, gamma, iters, tol, inplace=True)
+        ctx.gamma = gamma
+        ctx.save_for_backward(rho, pi, t)  # the outputs only: nothing per iteration
+        return rho, pi
+
+    @staticmethod
+    def backward(ctx, grad_rho, grad_pi):
+        rho, pi, t = ctx.saved_tensors
+        grad = transport_vjp(rho, pi, grad_rho, grad_pi, ctx.gamma, t)
+        return grad, None, None, None, None
+
+
+def gsp_transport(costs: torch.Tensor, mu: float, gamma: float, iters: int = 100,
+                  backward: Backward = "implicit", tol: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve GSP's entropic partial transport for a batch of cost matrices.
+
+    costs: (B, K, n) = c_ki, prototype k to local feature i (any real values; GSP's are in
+    [0, 2]). mu: transport ratio μ in (0, 1]. gamma: inverse temperature γ = 1/ε > 0.
+    iters: maximum fixed-point steps (the authors always run 100); the loop stops once the
+    relative error of the transported mass is below ``tol`` (default: 64 machine eps of the
+    dtype; 0 runs all ``iters``). backward: "implicit" (closed form, see ``transport_vjp``) or
+    "unrolled" (autograd through the iterations actually run; for checks and benchmarks).
+
+    Returns (rho, pi): the residual ρ (B, n) and plan π (B, K, n), in the dtype of ``costs``.
+    Each feature's mass ρ_i + Σ_k π_ki = 1/n holds to rounding; Σ π = μ holds at convergence.
+    μ = 1 is solved in closed form (ρ = 0, π_ki = softmax_k(-γ c_·i)_k / n), not iterated.
+    """
+    _check_costs(costs)
+    mu, gamma = _check_mu_gamma(mu, gamma)
+    if int(iters) < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    if backward not in ("implicit", "unrolled"):
+        raise ValueError(f"backward must be 'implicit' or 'unrolled', got {backward!r}")
+    tol = _default_tol(costs.dtype) if tol is None else float(tol)
+    if backward == "implicit":
+        return _ImplicitTransport.apply(costs, mu, gamma, int(iters), tol)
+    rho, pi, _ = _transport(costs, mu, gamma, int(iters), tol, inplace=False)
+    return rho, pi
+
+
+def transport_weights(rho: torch.Tensor, mu: float) -> torch.Tensor:
+    """Per-feature pooling weights w_i = (1 - n ρ_i) / μ (B, n): 0 <= w_i <= 1/μ, mean 1."""
+    n = rho.shape[-1]
+    return (1.0 - n * rho) / mu
+
+
+def transport_iterations(costs: torch.Tensor, mu: float, gamma: float, iters: int = 1000,
+                         tol: float | None = None) -> int:
+    """How many fixed-point steps the solver takes on ``costs`` (a diagnostic for the bench)."""
+    _check_costs(costs)
+    mu, gamma = _check_mu_gamma(mu, gamma)
+    if mu == 1.0:
+        return 0
+    tol = _default_tol(costs.dtype) if tol is None else float(tol)
+    with torch.no_grad():
+        return _solve_log_beta(_kernel(costs, gamma)[2], mu, iters, tol, check_every=1)[1]
+
+
+# --------------------------------------------------------------------------- geometry helpers
+def unit_ball(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Project onto the unit ball: x / max(1, ‖x‖) along ``dim`` ("Lipschitz L2 normalisation").
+
+    The authors' TF op has a hand-written gradient we could not read; here autograd
+    differentiates this expression (UNVERIFIED whether the two gradients agree).
+    """
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(1.0)
+
+
+def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Non-squared Euclidean costs c_ki = ‖ω̂_k - f̂_i‖ after unit-ball projection.
+
+    features: (B, n, d) local features f_i; prototypes: (K, d) ω_k. Returns (B, K, n) in [0, 2].
+    """
+    if features.dim() != 3 or prototypes.dim() != 2 or features.shape[-1] != prototypes.shape[-1]:
+        raise ValueError(f"need features (B, n, d) and prototypes (K, d) with the same d, got "
+                         f"{tuple(features.shape)} and {tuple(prototypes.shape)}")
+    return _costs_bdn(features.transpose(1, 2), prototypes)
+
+
+def _costs_bdn(f: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``prototype_costs`` for features laid out (B, d, n), as a 1x1 conv leaves them.
+
+    f̂_i = f_i s_i with s_i = 1 / max(1, ‖f_i‖) is never formed: ω̂·f̂_i = s_i (ω̂·f_i), so only
+    (B, K, n) and (B, n) tensors are touched besides one matmul over d.
+    """
+    norm = f.norm(dim=1)  # (B, n)
+    scale = 1.0 / norm.clamp_min(1.0)
+    w = unit_ball(prototypes)
+    dots = torch.matmul(w, f)  # (B, K, n)
+    sq = (w.pow(2).sum(-1)[None, :, None] + (norm * scale).pow(2)[:, None, :]
+          - 2.0 * dots * scale[:, None, :])
+    # Clamp keeps sqrt's gradient finite when a feature sits on a prototype (cost ~1e-6 there).
+    eps = 1e-12 if sq.dtype == torch.float64 else 1e-10
+    return sq.clamp_min(eps).sqrt()
+
+
+def k_center(points: torch.Tensor, k: int, first: int = 0) -> torch.Tensor:
+    """Greedy k-centre (farthest-point) selection: indices (k,) into points (N, d).
+
+    Starts at ``first`` and repeatedly adds the point farthest from the chosen set; a
+    2-approximation of the k-centre problem. Ties go to the lowest index.
+    """
+    if points.dim() != 2:
+        raise ValueError(f"points must be (N, d), got shape {tuple(points.shape)}")
+    num = points.shape[0]
+    if not 1 <= k <= num:
+        raise ValueError(f"k must be in [1, N={num}], got {k}")
+    if not 0 <= first < num:
+        raise ValueError(f"first must index a point in [0, {num}), got {first}")
+    chosen = torch.empty(k, dtype=torch.long, device=points.device)
+    chosen[0] = first
+    dist = (points - points[first]).norm(dim=1)
+    for j in range(1, k):
+        nxt = torch.argmax(dist)
+        chosen[j] = nxt
+        dist = torch.minimum(dist, (points - points[nxt]).norm(dim=1))
+    return chosen
+
+
+# --------------------------------------------------------------------------- the layer
+class GSPOutput(NamedTuple):
+    """Everything the layer computes for one batch (``GSP.forward(..., return_maps=True)``).
+
+    pooled (B, d): x = Σ_i (t_i / μ) f_i.  weights (B, h, w): w_i = n t_i / μ (mean 1).
+    prototype_maps (B, K, h, w): n π_ki, feature i's share sent to prototype k.
+    histogram (B, K): z_k = Σ_i π_ki / μ (sums to 1), the input of the zero-shot loss.
+    """
+
+    pooled: torch.Tensor
+    weights: torch.Tensor
+    prototype_maps: torch.Tensor
+    histogram: torch.Tensor
+
+
+class GSP(nn.Module):
+    """Generalized sum pooling neck: (B, C, H, W) conv map -> (B, dim) embedding.
+
+    1x1 projection (no bias, as in the TF code) to ``dim``, unit-ball projection, non-squared
+    L2 costs to ``num_prototypes`` learnable prototypes, transport with ratio μ = ``mu`` and
+    inverse temperature γ = ``gamma``, then the transported-mass weighted average of the
+    projected features. The output is not normalised (the metric loss does that).
+
+    Prototypes are set by greedy k-centre over the unit-ball projected local features of the
+    first batch the layer sees (or call ``init_prototypes``). The authors' TF code used a memory
+    of 1024 GAP embeddings after a warm-up and their PyTorch code the classifier rows; this
+    first-batch choice is ours.
+    """
+
+    def __init__(self, in_channels: int, dim: int, num_prototypes: int = 64, mu: float = 0.3,
+                 gamma: float = 5.0, iters: int = 100, backward: Backward = "implicit") -> None:
+        super().__init__()
+        if in_channels < 1 or dim < 1 or num_prototypes < 1:
+            raise ValueError(f"in_channels, dim and num_prototypes must be >= 1, got "
+                             f"{in_channels}, {dim}, {num_prototypes}")
+        self.mu, self.gamma = _check_mu_gamma(mu, gamma)
+        if backward not in ("implicit", "unrolled"):
+            raise ValueError(f"backward must be 'implicit' or 'unrolled', got {backward!r}")
+        self.iters, self.backward = int(iters), backward
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=1, bias=False)
+        nn.init.xavier_uniform_(self.proj.weight)  # glorot, as the TF layer
+        self.prototypes = nn.Parameter(torch.empty(num_prototypes, dim))
+        nn.init.xavier_uniform_(self.prototypes)  # fallback until k-centre runs
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.prototypes.shape[0]
+
+    @torch.no_grad()
+    def init_prototypes(self, points: torch.Tensor) -> torch.Tensor:
+        """Set the prototypes to k-centres of points (N, dim) in embedding space (unit ball)."""
+        pts = unit_ball(points.detach().reshape(-1, points.shape[-1]).to(self.prototypes))
+        if pts.shape[0] < self.num_prototypes:
+            raise ValueError(f"need at least K={self.num_prototypes} points to initialise the "
+                             f"prototypes, got {pts.shape[0]}")
+        idx = k_center(pts, self.num_prototypes)
+        self.prototypes.copy_(pts[idx])
+        self.initialized.fill_(True)
+        self._ready = True
+        return idx
+
+    def local_features(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Projected local features f_i: (B, C, H, W) -> (B, n, dim)."""
+        if feature_map.dim() != 4:
+            raise ValueError(f"GSP expects a conv map (B, C, H, W), got shape "
+                             f"{tuple(feature_map.shape)}")
+        return self.proj(feature_map).flatten(2).transpose(1, 2)
+
+    def forward(self, feature_map: torch.Tensor, return_maps: bool = False
+                ) -> torch.Tensor | GSPOutput:
+        dev = feature_map.device.type
+        if feature_map.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(dev):
+            # The fixed point and the closed-form backward need float32 accuracy: no autocast.
+            with torch.autocast(device_type=dev, enabled=False):
+                return self._forward(feature_map.float(), return_maps)
+        return self._forward(feature_map, return_maps)
+
+    def _forward(self, feature_map: torch.Tensor, return_maps: bool) -> torch.Tensor | GSPOutput:
+        if feature_map.dim() != 4:
+            raise ValueError(f"GSP expects a conv map (B, C, H, W), got shape "
+                             f"{tuple(feature_map.shape)}")
+        f = self.proj(feature_map).flatten(2)  # (B, d, n): the conv's own layout, no copy
+        if not self._ready:  # checks the buffer once, not on every step (a GPU sync)
+            if not bool(self.initialized):
+                self.init_prototypes(f.transpose(1, 2))
+            self._ready = True
+        if self.mu == 1.0 and not return_maps:
+            return f.mean(dim=2)  # the exact special case: GAP, whatever the prototypes
+        costs = _costs_bdn(f, self.prototypes.to(f.dtype))
+        rho, pi = gsp_transport(costs, self.mu, self.gamma, self.iters, self.backward)
+        n = f.shape[2]
+        if self.mu == 1.0:
+            coef = torch.full_like(rho, 1.0 / n)
+            pooled = f.mean(dim=2)
+        else:
+            coef = pi.sum(dim=1) / self.mu  # t_i / μ: convex weights, each <= 1/(n μ)
+            pooled = torch.bmm(f, coef.unsqueeze(2)).squeeze(2)
+        if not return_maps:
+            return pooled
+        b, _, h, w = feature_map.shape
+        return GSPOutput(pooled=pooled, weights=(n * coef).reshape(b, h, w),
+                         prototype_maps=(n * pi).reshape(b, -1, h, w),
+                         histogram=pi.sum(dim=2) / self.mu)
+
+    def extra_repr(self) -> str:
+        return (f"K={self.num_prototypes}, mu={self.mu}, gamma={self.gamma}, "
+                f"iters={self.iters}, backward={self.backward!r}")
+
+
+# --------------------------------------------------------------------------- zero-shot loss
+def zero_shot_prediction_loss(histograms: torch.Tensor, labels: torch.Tensor,
+                              class_embeddings: torch.Tensor, lam: float = 0.05,
+                              scale: float = 9.5, split: Literal["halves", "interleave"] = "halves"
+                              ) -> torch.Tensor:
+    """Zero-shot prediction (ZSR) loss on prototype histograms (spec §4).
+
+    histograms: (B, K) attribute vectors z; labels: (B,) in [0, C); class_embeddings (C, e): Y.
+    The batch is split into A and B ("halves": first/second half, disjoint classes under a
+    class-blocked sampler, as the authors' PyTorch code; "interleave": even/odd, as their TF
+    code; the paper's choice is UNVERIFIED). A ridge map fitted on A, W_A = Z_Aᵀ(Z_A Z_Aᵀ + λI)⁻¹
+    Y_{y_A}, predicts Ŷ_B = Z_B W_A, and vice versa; each prediction is scored by a softmax over
+    all classes of scale·⟨ŷ, Y_c⟩ (margin 0). Returns the mean cross-entropy (a scalar).
+    """
+    if histograms.dim() != 2 or labels.dim() != 1 or histograms.shape[0] != labels.shape[0]:
+        raise ValueError(f"need histograms (B, K) and labels (B,), got {tuple(histograms.shape)} "
+                         f"and {tuple(labels.shape)}")
+    if histograms.shape[0] < 2:
+        raise ValueError("the zero-shot loss needs a batch of at least 2 samples")
+    if class_embeddings.dim() != 2:
+        raise ValueError(f"class_embeddings must be (C, e), got {tuple(class_embeddings.shape)}")
+    if labels.min() < 0 or labels.max() >= class_embeddings.shape[0]:
+        raise ValueError(f"labels must lie in [0, {class_embeddings.shape[0]}) (one class "
+                         f"embedding per training class)")
+    if lam <= 0:
+        raise ValueError(f"lam (ridge weight) must be > 0, got {lam}")
+    num = histograms.shape[0]
+    if split == "halves":
+        ia = torch.arange(num // 2, device=labels.device)
+        ib = torch.arange(num // 2, num, device=labels.device)
+    elif split == "interleave":
+        ia = torch.arange(0, num, 2, device=labels.device)
+        ib = torch.arange(1, num, 2, device=labels.device)
+    else:
+        raise ValueError(f"split must be 'halves' or 'interleave', got {split!r}")
+    z = histograms
+    y = class_embeddings[labels]
+
+    def predict(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        za = z[src]
+        gram = za @ za.T + lam * torch.eye(len(src), dtype=z.dtype, device=z.device)
+        # Kernel form of the ridge solution: only a (b, b) solve, b = half the batch.
+        return z[dst] @ (za.T @ torch.linalg.solve(gram, y[src]))
+
+    logits_b = scale * predict(ia, ib) @ class_embeddings.T
+    logits_a = scale * predict(ib, ia) @ class_embeddings.T
+    return 0.5 * (F.cross_entropy(logits_b, labels[ib]) + F.cross_entropy(logits_a, labels[ia]))
+
+
+class ZeroShotPredictionLoss(nn.Module):
+    """Learnable class embeddings Y (He-normal init) + ``zero_shot_prediction_loss``."""
+
+    def __init__(self, num_classes: int, embed_dim: int, lam: float = 0.05, scale: float = 9.5,
+                 split: Literal["halves", "interleave"] = "halves") -> None:
+        super().__init__()
+        if num_classes < 2 or embed_dim < 1:
+            raise ValueError(f"need num_classes >= 2 and embed_dim >= 1, got {num_classes}, "
+                             f"{embed_dim}")
+        self.class_embeddings = nn.Parameter(torch.empty(num_classes, embed_dim))
+        nn.init.kaiming_normal_(self.class_embeddings)
+        self.lam, self.scale, self.split = lam, scale, split
+
+    def forward(self, histograms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return zero_shot_prediction_loss(histograms, labels, self.class_embeddings, self.lam,
+                                         self.scale, self.split)
+
+
+class GSPMetricLoss(nn.Module):
+    """L = (1 - w) L_DML(x, y) + w L_ZSR(z, y) (w = 0.1, TF code); any PML-style loss works.
+
+    ``dml`` is called as dml(embeddings, labels), e.g. a pytorch-metric-learning loss. With
+    ``zsr=None`` (or no histograms given) this is the plain metric loss.
+    """
+
+    def __init__(self, dml: nn.Module, zsr: ZeroShotPredictionLoss | None = None,
+                 weight: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 <= weight < 1.0:
+            raise ValueError(f"weight must be in [0, 1), got {weight}")
+        self.dml, self.zsr, self.weight = dml, zsr, weight
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                histograms: torch.Tensor | None = None) -> torch.Tensor:
+        loss = self.dml(embeddings, labels)
+        if self.zsr is None or histograms is None:
+            return loss
+        return (1.0 - self.weight) * loss + self.weight * self.zsr(histograms, labels)

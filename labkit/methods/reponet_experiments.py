@@ -1,0 +1,314 @@
+"""Experiment runners for notebook 01 (Regular Polytope Networks): one config dict per run,
+`run(cfg)` trains (or loads from the cache) and returns everything the figures need.
+
+A run = LeNet++ (or a CIFAR ResNet in the `full` profile) with a feature dim d and one head:
+"learned" (nn.Linear, no bias), "center" (learned + Center Loss), a fixed polytope
+("simplex", "cube", "orthoplex", "polygon", optionally with the angular margin) or
+"hadamard" (Hoffer et al.). Per epoch it records embeddings of a fixed probe subset of the
+training set and the neural-collapse measures on them; at the end it embeds the test set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labkit.core import config, evaluate
+from labkit.core.data import ArrayDataset, load_dataset
+from labkit.core.models import Network, build_network
+from labkit.core.train import cached, fit
+from labkit.methods import reponet as rp
+
+HEADS = ("learned", "center", "simplex", "cube", "orthoplex", "polygon", "hadamard")
+POLYTOPES = ("simplex", "cube", "orthoplex", "polygon")
+
+
+def recipe() -> dict[str, Any]:
+    """The profile's training recipe (SGD + momentum, cosine schedule, weight decay).
+
+    Weight decay matters for the geometry: it bounds ||f||, so once the training set is fitted
+    the cross-entropy keeps improving only by turning features towards their vertex.
+    """
+    return config.pick(
+        quick=dict(dataset="mnist5k", arch="lenetpp", train_per_class=12, probe_per_class=4,
+                   epochs=1, batch_size=32, lr=0.05, weight_decay=5e-4),
+        lab=dict(dataset="mnist5k", arch="lenetpp", train_per_class=150, probe_per_class=30,
+                 epochs=6, batch_size=64, lr=0.05, weight_decay=5e-4),
+        full=dict(dataset="mnist", arch="lenetpp", train_per_class=None, probe_per_class=100,
+                  epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4),
+    )
+
+
+def run_config(head: str, *, classes: int | Sequence[int] = 10, feat_dim: int | None = None,
+               margin: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:
+    """A run's full config (the cache key): the profile's recipe plus the head's settings.
+
+    classes: K (the first K classes) or explicit class ids. feat_dim defaults to the polytope's
+    own d (learned/center heads need it). overrides: any recipe key (epochs, lr, dataset, arch,
+    train_per_class, ...), `lam`/`alpha` for Center Loss, `scale` for the margin variant.
+    """
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
+    ids = list(range(classes)) if isinstance(classes, int) else [int(c) for c in classes]
+    if len(ids) < 2:
+        raise ValueError(f"need at least 2 classes, got {ids}")
+    k = len(ids)
+    if head in POLYTOPES or head == "hadamard":
+        natural = rp.polytope_dim(head, k)
+        feat_dim = natural if feat_dim is None else feat_dim
+        rp.polytope_vertices(head, k, feat_dim)  # raises a clear error on an impossible d
+    elif feat_dim is None or feat_dim < 1:
+        raise ValueError(f"a {head} head needs feat_dim >= 1, got {feat_dim}")
+    if margin and head not in POLYTOPES:
+        raise ValueError(f"the angular margin applies to fixed polytopes, not to {head!r}")
+    cfg = dict(recipe(), head=head, classes=ids, feat_dim=int(feat_dim), margin=bool(margin),
+               seed=int(seed), lam=0.1, alpha=0.5, scale=16.0, cpu_bf16=True)
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(cfg)}")
+    cfg.update(overrides)
+    return cfg
+
+
+def label(cfg: dict[str, Any]) -> str:
+    """A short run name, e.g. 'simplex d=9' or 'learned d=2'."""
+    name = cfg["head"] + ("+margin" if cfg["margin"] else "")
+    return f"{name} d={cfg['feat_dim']}"
+
+
+def make_head(cfg: dict[str, Any]) -> nn.Module:
+    k, d = len(cfg["classes"]), cfg["feat_dim"]
+    if cfg["head"] in POLYTOPES:
+        return rp.FixedClassifier(cfg["head"], k, d, margin="max" if cfg["margin"] else None,
+                                  scale=cfg["scale"])
+    if cfg["head"] == "hadamard":
+        return rp.HadamardClassifier(k, d)
+    return nn.Linear(d, k, bias=False)
+
+
+def build_model(cfg: dict[str, Any]) -> Network:
+    image_size = 32 if cfg["dataset"].startswith("cifar") else 28
+    channels = 3 if cfg["dataset"].startswith("cifar") else 1
+    return build_network(cfg["arch"], channels, len(cfg["classes"]), cfg["feat_dim"],
+                         head=make_head(cfg), image_size=image_size)
+
+
+def class_directions(model: Network) -> torch.Tensor:
+    """The K class directions (K, d) of a head: fixed vertices or learned weight rows."""
+    head = model.head
+    if hasattr(head, "class_directions"):
+        return head.class_directions.detach().float().cpu()
+    return head.weight.detach().float().cpu()
+
+
+def _autocast(cfg: dict[str, Any], device: torch.device):
+    # bfloat16 autocast roughly halves LeNet++'s CPU step time; the head and loss stay float32.
+    if cfg.get("cpu_bf16") and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_loss(model: Network, cfg: dict[str, Any], device: torch.device,
+              center: rp.CenterLoss | None = None) -> Callable:
+    """loss_fn(model, images, labels) for `fit`: the head's loss (+ lambda L_C for Center Loss)."""
+
+    def loss_fn(net: Network, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with _autocast(cfg, device):
+            embedding = net.neck(net.backbone(images))
+        embedding = embedding.float()
+        if hasattr(net.head, "loss"):
+            loss = net.head.loss(embedding, labels)
+        else:
+            loss = F.cross_entropy(net.head(embedding), labels)
+        if center is not None:
+            loss = loss + center(embedding, labels)
+        return loss
+
+    return loss_fn
+
+
+class CollapseTracker:
+    """A `fit` callback: after each epoch, neural-collapse measures of the latest probe snapshot
+    (train-set embeddings, as in Papyan et al.), written into that epoch's history row."""
+
+    def __init__(self, model: Network, probe_labels: torch.Tensor) -> None:
+        self.model, self.labels = model, probe_labels.cpu()
+
+    def measures(self, features: torch.Tensor) -> dict[str, float]:
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            predictions = self.model.head(features.to(device)).argmax(1).cpu()
+        return rp.neural_collapse(features, self.labels, class_directions(self.model), predictions)
+
+    def on_epoch_end(self, state: Any) -> None:
+        row = state.history.epochs[-1]
+        if state.history.snapshot_epochs and state.history.snapshot_epochs[-1] == row["epoch"]:
+            row.update(self.measures(state.history.snapshots[-1]))
+
+
+def load_data(cfg: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
+    """(train, test, probe) for the run's classes; probe = a seeded per-class subset of train."""
+    train = load_dataset(cfg["dataset"], "train").subset_classes(cfg["classes"])
+    test = load_dataset(cfg["dataset"], "test").subset_classes(cfg["classes"])
+    if cfg["train_per_class"]:
+        train = train.k_per_class(cfg["train_per_class"], seed=cfg["seed"])
+    probe = train.k_per_class(min(cfg["probe_per_class"], int(train.class_counts().min())),
+                              seed=cfg["seed"] + 1)
+    return train, test, probe
+
+
+def train(cfg: dict[str, Any], *, progress: bool = True, callbacks: Sequence[Any] = (),
+          device: torch.device | str | None = None) -> dict[str, Any]:
+    """Train one run now (no cache) and return its results (see `run`) plus the "model"."""
+    device = torch.device(device) if device is not None else config.get_device()
+    train_set, test, probe = load_data(cfg)
+    config.seed_everything(cfg["seed"])
+    model = build_model(cfg)
+    center = None
+    groups = None
+    if cfg["head"] == "center":
+        center = rp.CenterLoss(len(cfg["classes"]), cfg["feat_dim"], cfg["lam"], cfg["alpha"])
+        center.to(device)
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}, center.param_group()]
+    tracker = CollapseTracker(model, probe.labels)
+    history = fit(model, make_loss(model, cfg, device, center), train_set, epochs=cfg["epochs"],
+                  batch_size=cfg["batch_size"], optimizer="sgd", lr=cfg["lr"], momentum=0.9,
+                  weight_decay=cfg["weight_decay"], schedule="cosine", param_groups=groups,
+                  device=device, probe=probe.images, callbacks=[tracker, *callbacks],
+                  seed=cfg["seed"], progress=progress)
+    features = evaluate.embed(model, test.images)
+    logits = model.head(features.to(device)).detach().float().cpu()
+    directions = class_directions(model)
+    fixed = cfg["head"] in POLYTOPES or cfg["head"] == "hadamard"
+    head_counts = rp.parameter_counts(model.head)
+    if center is not None:
+        head_counts["trainable"] += rp.parameter_counts(center)["trainable"]
+    geometry = evaluate.geometry_summary(features, test.labels, directions)
+    return {
+        "config": cfg, "label": label(cfg), "model": model, "history": history,
+        "probe_labels": probe.labels.cpu(), "test_features": features, "test_labels": test.labels.cpu(),
+        "accuracy": evaluate.accuracy(logits, test.labels),
+        "geometry": geometry,
+        "angle_to_direction": evaluate.alignment_to_targets(features, test.labels, directions),
+        "collapse": rp.neural_collapse(features, test.labels, directions, logits.argmax(1)),
+        "directions": directions, "fixed": fixed,
+        "vertices": model.head.weight.detach().float().cpu() if cfg["head"] in POLYTOPES else directions,
+        "head_params": head_counts,
+        "total_trainable": rp.parameter_counts(model)["trainable"] + (
+            rp.parameter_counts(center)["trainable"] if center is not None else 0),
+        "train_seconds": sum(row["time"] for row in history.epochs),
+    }
+
+
+def run(cfg: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:
+    """`train(cfg)` through the config-keyed cache (the model's weights kept as a state_dict)."""
+
+    def compute() -> dict[str, Any]:
+        result = train(cfg, progress=progress)
+        model = result.pop("model")
+        result["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
+        return result
+
+    return cached("reponet", cfg, compute)
+
+
+def run_all(cfgs: Sequence[dict[str, Any]], *, progress: bool = True) -> list[dict[str, Any]]:
+    return [run(cfg, progress=progress) for cfg in cfgs]
+
+
+# ----------------------------------------------------------------------------- experiment sets
+
+def planar_configs(seed: int = 0, **overrides: Any) -> list[dict[str, Any]]:
+    """2-D features, all 10 classes: learned vs fixed regular 10-gon vs Center Loss."""
+    return [run_config("learned", feat_dim=2, seed=seed, **overrides),
+            run_config("polygon", seed=seed, **overrides),
+            run_config("center", feat_dim=2, seed=seed, **overrides)]
+
+
+def spatial_configs(seed: int = 0, **overrides: Any) -> list[dict[str, Any]]:
+    """3-D features: simplex (4 classes), orthoplex (6), cube (8), and learned / Center Loss on 8."""
+    return [run_config("simplex", classes=4, seed=seed, **overrides),
+            run_config("orthoplex", classes=6, seed=seed, **overrides),
+            run_config("cube", classes=8, seed=seed, **overrides),
+            run_config("learned", classes=8, feat_dim=3, seed=seed, **overrides),
+            run_config("center", classes=8, feat_dim=3, seed=seed, **overrides)]
+
+
+def comparison_configs(seed: int = 0, hadamard: bool = True, **overrides: Any) -> list[dict[str, Any]]:
+    """All 10 classes, each polytope at its own d and a learned classifier at the same d."""
+    cfgs = []
+    for kind in ("simplex", "orthoplex", "cube"):
+        d = rp.polytope_dim(kind, 10)
+        cfgs += [run_config("learned", feat_dim=d, seed=seed, **overrides),
+                 run_config(kind, seed=seed, **overrides)]
+    if hadamard:
+        cfgs.append(run_config("hadamard", seed=seed, **overrides))
+    return cfgs
+
+
+def acceptance(results: Sequence[dict[str, Any]], max_gap: float = 1.0,
+               max_angle: float = 10.0) -> dict[str, Any]:
+    """The issue's check: every fixed polytope within `max_gap` accuracy points of the learned
+    classifier at the same d, and its test class means within `max_angle` degrees of their
+    vertices. Returns {"passed": bool, "rows": [...]} with the numbers behind it."""
+    learned = {r["config"]["feat_dim"]: r for r in results
+               if r["config"]["head"] == "learned" and not r["config"]["margin"]}
+    rows = []
+    for r in results:
+        if r["config"]["head"] not in POLYTOPES:
+            continue
+        d = r["config"]["feat_dim"]
+        if d not in learned:
+            raise ValueError(f"no learned run with feat_dim={d} to compare {r['label']} with")
+        gap = 100 * (learned[d]["accuracy"] - r["accuracy"])
+        angle = float(r["angle_to_direction"].max())
+        rows.append({"run": r["label"], "accuracy": 100 * r["accuracy"],
+                     "learned_accuracy": 100 * learned[d]["accuracy"], "gap_points": gap,
+                     "max_angle_to_vertex": angle,
+                     "passed": bool(gap <= max_gap and angle <= max_angle)})
+    if not rows:
+        raise ValueError("no fixed-polytope runs among the results")
+    return {"passed": all(row["passed"] for row in rows), "rows": rows}
+
+
+def summary_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: accuracy, compactness/separation, NC measures and parameter counts."""
+    rows = []
+    for r in results:
+        geometry, collapse = r["geometry"], r["collapse"]
+        rows.append({
+            "run": r["label"], "K": len(r["config"]["classes"]),
+            "acc %": round(100 * r["accuracy"], 1),
+            "spread°": round(geometry["spread_deg"], 1),
+            "min angle°": round(geometry["min_angle_deg"], 1),
+            "max to dir°": round(geometry["max_angle_to_target_deg"], 1),
+            "NC1": round(collapse["nc1"], 3), "NC2": round(collapse["nc2"], 3),
+            "head trainable": r["head_params"]["trainable"],
+            "head fixed": r["head_params"]["fixed"],
+            "total trainable": r["total_trainable"],
+        })
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table (fixed-width columns) of `rows` (list of dicts with the same keys)."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    cells = [[str(k) for k in keys]] + [[_fmt(row[k]) for k in keys] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+             for line in cells]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if math.isfinite(value) else str(value)
+    return str(value)

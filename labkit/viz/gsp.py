@@ -1,0 +1,199 @@
+"""Figures for Generalized Sum Pooling: transport weights over images, prototype maps, recalls.
+
+All functions take plain tensors/arrays (computed by ``labkit.methods.gsp``) and return
+matplotlib objects; nothing here trains or solves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def upsample(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a (h, w) map to ``size`` (H, W)."""
+    heat = torch.as_tensor(heat, dtype=torch.float32)
+    if heat.dim() != 2:
+        raise ValueError(f"heat must be a (h, w) map, got shape {tuple(heat.shape)}")
+    up = F.interpolate(heat[None, None], size=size, mode="bilinear", align_corners=False)
+    return up[0, 0].numpy()
+
+
+def _show_image(ax, image) -> None:
+    img = _np(image)
+    if img.ndim != 3:
+        raise ValueError(f"image must be (C, H, W), got shape {img.shape}")
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def overlay_weights(ax, image, weights, vmax: float | None = None, alpha: float = 0.55,
+                    title: str | None = None):
+    """Draw image (C, H, W) with a (h, w) weight map upsampled on top; returns the heat artist."""
+    img = _np(image)
+    _show_image(ax, img)
+    heat = upsample(torch.as_tensor(_np(weights)), img.shape[1:])
+    vmax = float(heat.max()) if vmax is None else vmax
+    art = ax.imshow(heat, cmap="inferno", alpha=alpha, vmin=0.0, vmax=max(vmax, 1e-12))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return art
+
+
+def plot_weight_grid(image, weights: Mapping[tuple[float, float], torch.Tensor],
+                     figsize_per: float = 1.9):
+    """Feature weights w_i over one image for a grid of (μ, γ) settings.
+
+    weights: {(mu, gamma): (h, w) map}. Rows are γ, columns μ; each panel's colour scale runs
+    from 0 to 1/μ, the largest weight a feature can get.
+    """
+    if not weights:
+        raise ValueError("weights is empty: pass {(mu, gamma): (h, w) weight map}")
+    mus = sorted({k[0] for k in weights}, reverse=True)
+    gammas = sorted({k[1] for k in weights})
+    fig, axes = plt.subplots(len(gammas), len(mus) + 1, squeeze=False,
+                             figsize=(figsize_per * (len(mus) + 1), figsize_per * len(gammas)))
+    for r, g in enumerate(gammas):
+        _show_image(axes[r, 0], image)
+        axes[r, 0].set_ylabel(f"γ = {g:g}", fontsize=9)
+        if r == 0:
+            axes[r, 0].set_title("input", fontsize=9)
+        for c, m in enumerate(mus):
+            ax = axes[r, c + 1]
+            if (m, g) in weights:
+                overlay_weights(ax, image, weights[(m, g)], vmax=1.0 / m,
+                                title=f"μ = {m:g}" if r == 0 else None)
+            else:
+                ax.axis("off")
+    fig.suptitle("GSP feature weights w_i (0 = dropped, 1/μ = fully kept)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prototype_maps(image, prototype_maps: torch.Tensor, top: int = 8,
+                        figsize_per: float = 1.7):
+    """The ``top`` prototypes that receive most mass, each with its map n π_k· over the image."""
+    maps = torch.as_tensor(_np(prototype_maps))
+    if maps.dim() != 3:
+        raise ValueError(f"prototype_maps must be (K, h, w), got shape {tuple(maps.shape)}")
+    mass = maps.flatten(1).sum(1)
+    order = torch.argsort(mass, descending=True)[: min(top, maps.shape[0])]
+    share = mass / mass.sum()
+    fig, axes = plt.subplots(1, len(order) + 1, squeeze=False,
+                             figsize=(figsize_per * (len(order) + 1), figsize_per + 0.3))
+    _show_image(axes[0, 0], image)
+    axes[0, 0].set_title("input", fontsize=9)
+    vmax = float(maps[order].max())
+    for j, k in enumerate(order.tolist()):
+        overlay_weights(axes[0, j + 1], image, maps[k], vmax=vmax,
+                        title=f"ω{k}: {100 * share[k]:.0f}%")
+    fig.suptitle("per-prototype transport maps n·π_k (share of transported mass)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_weight_overlays(images: torch.Tensor, weights: torch.Tensor, mu: float,
+                         titles: Sequence[str] | None = None, ncols: int = 8,
+                         figsize_per: float = 1.5):
+    """GSP weights over a batch of images (N, C, H, W) with maps (N, h, w), scale 0 .. 1/μ."""
+    if len(images) != len(weights):
+        raise ValueError(f"got {len(images)} images but {len(weights)} weight maps")
+    n = len(images)
+    ncols = min(ncols, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                             figsize=(figsize_per * ncols, figsize_per * nrows + 0.4))
+    for j, ax in enumerate(axes.flat):
+        if j >= n:
+            ax.axis("off")
+            continue
+        overlay_weights(ax, images[j], weights[j], vmax=1.0 / mu,
+                        title=None if titles is None else titles[j])
+    fig.tight_layout()
+    return fig
+
+
+def plot_recall_curves(results: Mapping[str, Mapping[str, float]],
+                       ks: Sequence[int] = (1, 2, 4, 8), ax=None, title: str | None = None):
+    """Recall@K curves, one line per run; ``results[name]['recall@K']`` in [0, 1]."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 3.2))
+    for name, res in results.items():
+        ys = [100 * res[f"recall@{k}"] for k in ks]
+        style = "--" if name.lower().startswith("gap") else "-"
+        ax.plot(list(ks), ys, style, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(ks))
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("K")
+    ax.set_ylabel("recall@K (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def plot_metric_bars(table: Mapping[str, Mapping[str, float]], metric: str = "recall@1",
+                     ax=None, errors: Mapping[str, Mapping[str, float]] | None = None):
+    """Grouped bars: rows of ``table`` are losses, columns pooling variants, values metric."""
+    losses = list(table)
+    if not losses:
+        raise ValueError("table is empty")
+    variants = list(next(iter(table.values())))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.4 * len(losses) + 2, 3.2))
+    width = 0.8 / len(variants)
+    x = np.arange(len(losses))
+    for j, v in enumerate(variants):
+        vals = [100 * table[loss][v][metric] if isinstance(table[loss][v], Mapping)
+                else 100 * table[loss][v] for loss in losses]
+        err = None
+        if errors is not None:
+            err = [100 * errors[loss][v] for loss in losses]
+        ax.bar(x + (j - (len(variants) - 1) / 2) * width, vals, width, yerr=err, label=v,
+               capsize=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels(losses, fontsize=8)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def plot_toy_transport(features: torch.Tensor, prototypes: torch.Tensor,
+                       weights: Mapping[float, torch.Tensor], figsize_per: float = 2.6):
+    """The mechanism in 2-D: local features (dots, area ∝ weight) and prototypes (stars).
+
+    features (n, 2), prototypes (K, 2), weights {mu: (n,)}.
+    """
+    f, w = _np(features), _np(prototypes)
+    if f.ndim != 2 or f.shape[1] != 2 or w.ndim != 2 or w.shape[1] != 2:
+        raise ValueError("features and prototypes must be 2-D point sets (n, 2) and (K, 2)")
+    mus = sorted(weights, reverse=True)
+    fig, axes = plt.subplots(1, len(mus), squeeze=False,
+                             figsize=(figsize_per * len(mus), figsize_per))
+    for ax, m in zip(axes[0], mus, strict=True):
+        wt = _np(weights[m])
+        ax.scatter(f[:, 0], f[:, 1], s=8 + 60 * wt, c=wt, cmap="viridis", vmin=0, vmax=1 / m,
+                   edgecolors="k", linewidths=0.3)
+        ax.scatter(w[:, 0], w[:, 1], marker="*", s=160, c="red", edgecolors="k")
+        ax.set_title(f"μ = {m:g}", fontsize=9)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("features (size ∝ weight) and prototypes (★)", fontsize=10)
+    fig.tight_layout()
+    return fig

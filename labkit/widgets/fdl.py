@@ -1,0 +1,105 @@
+"""Interactive FDL views: pick a test image and compare the members' Grad-CAMs; move the FDL
+weight and watch attention spread apart (and what it costs in accuracy).
+
+Both re-draw from recorded CAMs (`fdl_experiments.cam_records`), so they are instant. Each has a
+`render(...)` method that returns the Figure the widget shows, which is also the static fallback
+for stored notebooks and what the tests call (callbacks never fire without a front end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import display
+from matplotlib.figure import Figure
+
+from labkit.viz.fdl import plot_cam_grid, plot_lambda_tradeoff
+
+
+def record_name(record: Mapping[str, Any]) -> str:
+    """'classical' for zero weights, else 'FDL (lc, le)'."""
+    lc, le = float(record["lambda_cos"]), float(record["lambda_euc"])
+    return "classical" if lc == 0 and le == 0 else f"FDL ({lc:g}, {le:g})"
+
+
+def _check(images: torch.Tensor, records: Sequence[Mapping[str, Any]]) -> None:
+    if not records:
+        raise ValueError("records is empty: pass fdl_experiments.cam_records(...)")
+    for r in records:
+        if r["cams"].shape[1] != images.shape[0]:
+            raise ValueError(f"records hold CAMs of {r['cams'].shape[1]} images but "
+                             f"{images.shape[0]} images were given")
+
+
+class CamExplorer:
+    """A test-image slider over a CAM grid: rows = the records (classical, FDL), columns = members."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 records: Sequence[Mapping[str, Any]], class_names: Sequence[str] | None = None) -> None:
+        _check(images, records)
+        self.images, self.labels, self.records = images, labels, list(records)
+        self.class_names = class_names
+        self.slider = widgets.IntSlider(0, 0, images.shape[0] - 1, description="test image",
+                                        continuous_update=False)
+        self.out = widgets.Output()
+        self.slider.observe(lambda change: self._draw(change["new"]), names="value")
+        self.widget = widgets.VBox([self.slider, self.out])
+        self._draw(0)
+
+    def render(self, index: int) -> Figure:
+        if not 0 <= index < self.images.shape[0]:
+            raise ValueError(f"image index must be in 0..{self.images.shape[0] - 1}, got {index}")
+        cams = {record_name(r): r["cams"][:, index] for r in self.records}
+        preds = {record_name(r): r["preds"][:, index] for r in self.records}
+        return plot_cam_grid(self.images[index], cams, preds, int(self.labels[index]), self.class_names)
+
+    def _draw(self, index: int) -> None:
+        with self.out:
+            self.out.clear_output(wait=True)
+            fig = self.render(index)
+            display(fig)
+            plt.close(fig)
+
+
+class LambdaExplorer:
+    """A slider over the recorded FDL weights: the overlap/accuracy trade-off with the chosen weight
+    marked, and the CAMs of that ensemble's members for one test image."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 records: Sequence[Mapping[str, Any]], class_names: Sequence[str] | None = None) -> None:
+        _check(images, records)
+        self.images, self.labels, self.records = images, labels, list(records)
+        self.class_names = class_names
+        self.weight = widgets.SelectionSlider(
+            options=[(record_name(r), i) for i, r in enumerate(self.records)], value=0,
+            description="FDL weight", continuous_update=False,
+            layout=widgets.Layout(width="420px"))
+        self.image = widgets.IntSlider(0, 0, images.shape[0] - 1, description="test image",
+                                       continuous_update=False)
+        self.out = widgets.Output()
+        for control in (self.weight, self.image):
+            control.observe(lambda change: self._draw(), names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.weight, self.image]), self.out])
+        self._draw()
+
+    def render(self, which: int, index: int) -> tuple[Figure, Figure]:
+        if not 0 <= which < len(self.records):
+            raise ValueError(f"record index must be in 0..{len(self.records) - 1}, got {which}")
+        record = self.records[which]
+        trade = plot_lambda_tradeoff(self.records, selected=which)
+        name = record_name(record)
+        grid = plot_cam_grid(self.images[index], {name: record["cams"][:, index]},
+                             {name: record["preds"][:, index]}, int(self.labels[index]),
+                             self.class_names)
+        return trade, grid
+
+    def _draw(self) -> None:
+        with self.out:
+            self.out.clear_output(wait=True)
+            for fig in self.render(self.weight.value, self.image.value):
+                display(fig)
+                plt.close(fig)

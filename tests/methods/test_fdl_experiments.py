@@ -1,0 +1,89 @@
+"""Tests for labkit.methods.fdl_experiments: tiny real runs, caching, summaries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labkit.methods import fdl
+from labkit.methods import fdl_experiments as fx
+
+
+@pytest.fixture()
+def tiny(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("LABKIT_PROFILE", "quick")
+    monkeypatch.setenv("LABKIT_DEVICE", "cpu")
+    settings = fx.sweep_settings()
+    settings.update(ks=(3,), seeds=(0,), members=2, widths=(4, 8), feat_dim=8, steps=3,
+                    batch_size=10, fusion_steps=2, finetune_steps=1, test_size=50, cam_size=4)
+    return settings
+
+
+def test_run_config_maps_zero_weights_to_the_classical_run(tiny):
+    a = fx.run_config(tiny, k=3, seed=0, use_fdl=False)
+    b = fx.run_config(tiny, k=3, seed=0, lambda_cos=0, lambda_euc=0)
+    c = fx.run_config(tiny, k=3, seed=0)
+    assert a == b and a["use_fdl"] is False and a["lambda_euc"] == 0.0
+    assert c["use_fdl"] is True and (c["lambda_cos"], c["lambda_euc"]) == (1.0, 10.0)
+
+
+def test_tiny_sweep_runs_caches_and_reloads(tiny, monkeypatch):
+    rows = fx.fewshot_sweep(tiny, progress=False)
+    assert [(r["method"], r["k"], r["seed"]) for r in rows] == [("classical", 3, 0), ("fdl", 3, 0)]
+    for row in rows:
+        for key in (*fx.COMBINERS, "iou_map", "iou_cam"):
+            assert 0.0 <= row[key] <= 1.0
+        assert 0.0 <= row["s_cos"] <= 1.0 + 1e-6  # one pair of members
+    # cached: a second sweep must not train
+    monkeypatch.setattr(fx, "_run", lambda cfg: pytest.fail("retrained a cached run"))
+    assert fx.fewshot_sweep(tiny, progress=False) == rows
+    # the stored weights are the trained members: re-scoring them reproduces the stored numbers
+    result = fx.run_fewshot(tiny, k=3, seed=0, use_fdl=True)
+    ensemble = fx.load_ensemble(result)
+    _, test = fx.load_split(tiny["dataset"], tiny["test_size"])
+    again = fdl.ensemble_accuracies(ensemble, test.images, test.labels)
+    assert again["soft_vote"] == pytest.approx(result["metrics"]["soft_vote"])
+    assert again["hard_vote"] == pytest.approx(result["metrics"]["hard_vote"])
+    assert len(result["log"]) >= 1 and result["log"][-1]["fdl"] > 0
+    records = fx.cam_records(tiny, k=3, seed=0, images=test.images[:3])
+    assert [r["lambda_euc"] for r in records] == [0.0, 10.0]
+    assert records[1]["cams"].shape == (2, 3, 28, 28) and records[1]["preds"].shape == (2, 3)
+    assert records[1]["maps"].shape == (2, 3, 7, 7)
+
+
+def test_summaries_are_exact():
+    rows = [{"method": "fdl", "k": 3, "seed": s, "soft_vote": v} for s, v in enumerate((0.5, 0.7))]
+    rows.append({"method": "classical", "k": 3, "seed": 0, "soft_vote": 0.4})
+    stats = fx.summarize(rows, "soft_vote")
+    mean, std, n = stats["fdl"][3]
+    assert (mean, n) == (pytest.approx(0.6), 2) and std == pytest.approx(torch.tensor([0.5, 0.7]).std().item())
+    assert stats["classical"][3] == (pytest.approx(0.4), 0.0, 1)
+    table = fx.comparison_table(rows, ("soft_vote",))
+    assert "0.400±0.00" in table and "0.600±0.14" in table
+
+
+def test_few_cpu_threads_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with fx.few_cpu_threads(torch.device("cpu")):
+        pass
+    assert torch.get_num_threads() == before
+
+
+def test_epochs_cover_the_step_budget():
+    assert fx._epochs_for(100, 30, 10) == (34, 10)  # 3 steps per epoch
+    assert fx._epochs_for(100, 1000, 10) == (1, 10)
+    assert fx._epochs_for(5, 8, 32) == (5, 8)  # the batch never exceeds the data
+
+
+def test_cifar_members_have_the_papers_4x4_map(monkeypatch):
+    monkeypatch.setenv("LABKIT_PROFILE", "full")
+    settings = fx.sweep_settings("cifar10")
+    assert tuple(settings["widths"]) == (64, 128, 256) and fx.extra_datasets() == ("cifar10",)
+    member = fx.member_factory(settings["widths"], 10, 3, 32, settings["feat_dim"])()
+    out = member.forward_all(torch.rand(2, 3, 32, 32))
+    assert out.feature_map.shape == (2, 256, 4, 4) and out.logits.shape == (2, 10)
+    monkeypatch.setenv("LABKIT_PROFILE", "lab")
+    assert fx.extra_datasets() == ()
+    lab_member = fx.member_factory((8, 16), 10, 1, 28, 64)()
+    assert lab_member.forward_all(torch.rand(1, 1, 28, 28)).feature_map.shape == (1, 16, 7, 7)
