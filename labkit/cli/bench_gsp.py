@@ -220,7 +220,8 @@ def bench_layer(batch: int = 64, channels: int = 512, size: int = 7, dim: int = 
 
 
 def _report(res: dict[str, float], device: torch.device) -> str:
-    lines = [f"GSP benchmark on {device} (ratios from one run, medians of interleaved repeats)"]
+    lines = [f"GSP benchmark on {device}, {torch.get_num_threads()} CPU threads (ratios from one "
+             f"run, medians of interleaved repeats)"]
     if "transport_speedup" in res:
         lines += [
             f"  fixed point stops after {res['iterations']:.0f} iterations (plain solver: 100)",
@@ -252,7 +253,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--skip-layer", action="store_true", help="skip the ResNet-18 comparison")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 gives steadier ratios on a shared machine)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -270,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_layer:
             res |= bench_layer(repeats=max(3, args.repeats // 3), device=device)
     res["device"] = str(device)
+    res["threads"] = torch.get_num_threads()
     print(_report(res, device))
     return res
 

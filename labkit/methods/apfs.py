@@ -400,12 +400,19 @@ class ProximalRegularizer:
     `on_step_end` counts optimiser steps and moves the anchor at each round boundary, which
     lines up with `RepresentativeBatchSampler`'s rounds because a pass is a multiple of T.
     Parameter-space form as in the authors' later code; UNVERIFIED for the APFS paper.
+
+    `via_gradient=True` adds 2*lambda*(theta - theta_anchor) to each parameter's gradient in a
+    post-accumulate hook instead (what the authors' `DistanceRegularizer` does): the same
+    update with no extra autograd graph, so the step costs what the baseline's does. The loss
+    value then excludes the penalty; `MetricLoss` checks `via_gradient` and does not add it.
     """
 
-    def __init__(self, model: nn.Module, strength: float, lifetime: int) -> None:
+    def __init__(self, model: nn.Module, strength: float, lifetime: int,
+                 via_gradient: bool = False) -> None:
         if strength < 0:
             raise ValueError(f"proximal strength lambda must be >= 0, got {strength}")
         self.model = model
+        self.via_gradient = bool(via_gradient)
         self.strength = float(strength)
         self.lifetime = _positive_int("lifetime", lifetime, 1)
         self.steps = 0
@@ -413,6 +420,17 @@ class ProximalRegularizer:
         self.round_distances: list[float] = []  # ||theta - theta_anchor|| at each round's end
         self.anchors: list[torch.Tensor] = []
         self.reset()
+        if self.via_gradient:
+            for i, p in enumerate(self._params()):
+                p.register_post_accumulate_grad_hook(self._gradient_hook(i))
+
+    def _gradient_hook(self, i: int) -> Callable[[torch.Tensor], None]:
+        def hook(param: torch.Tensor) -> None:
+            anchor = self.anchors[i]
+            if anchor.device != param.device:
+                anchor = self.anchors[i] = anchor.to(param.device)
+            param.grad.add_(param.detach() - anchor, alpha=2.0 * self.strength)
+        return hook
 
     def _params(self) -> list[torch.Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -469,6 +487,6 @@ class MetricLoss(nn.Module):
         else:
             indices = self.miner(emb, labels) if self.miner is not None else None
             value = self.loss(emb, labels, indices)
-        if self.regularizer is not None:
+        if self.regularizer is not None and not self.regularizer.via_gradient:
             value = value + self.regularizer.penalty()
         return value

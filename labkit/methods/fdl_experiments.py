@@ -49,7 +49,7 @@ def sweep_settings(dataset: str = "mnist5k") -> dict[str, Any]:
         # VGG-style members; (8, 16) with two pools keeps a 7x7 FDL map on 28x28 MNIST.
         "widths": (64, 128, 256) if cifar else config.pick(quick=(4, 8), lab=(8, 16), full=(32, 64)),
         "feat_dim": config.pick(quick=16, lab=64, full=128),
-        "steps": config.pick(quick=4, lab=200, full=3000),
+        "steps": config.pick(quick=4, lab=100, full=3000),
         "batch_size": config.pick(quick=16, lab=10, full=10),  # the code's batch size is 10
         "lr": 1e-3,
         "lambda_cos": 1.0,

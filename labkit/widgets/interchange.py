@@ -50,10 +50,11 @@ def explorer_figure(zoo: Zoo, src: str, dst: str, method: str = "affine", **opti
     """Left: B's test embeddings and A's mapped ones in B's top-2 PCA plane. Right: accuracies of
     A, B and A mapped through B's head. Returns (figure, metrics)."""
     emb_map, metrics = explorer_metrics(zoo, src, dst, method, **options)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [3, 2]},
+                                      dpi=80)
     a, b = zoo.member(src), zoo.member(dst)
     plot_mapped_scatter(b.test_emb, emb_map(a.test_emb.double()), zoo.test_labels, ax=left,
-                        title=f"{src} -> {dst} ({method})")
+                        title=f"{src} -> {dst} ({method})", max_points=300)
     bars = {f"A = {src}": metrics["source_accuracy"], f"B = {dst}": metrics["target_accuracy"],
             "A mapped,\nB's head": metrics["accuracy"]}
     right.bar(range(3), list(bars.values()), color=["tab:blue", "tab:orange", "tab:green"])

@@ -450,3 +450,29 @@ def test_apfs_training_beats_the_untrained_embedding():
     oracle = _recall_at_1(xt, yt)  # the raw inputs: what a good embedding can keep
     assert after > before + 0.25 and after > oracle - 0.05
     assert reg.resets == 1 + 120 // 5
+
+
+def test_gradient_form_of_the_regularizer_matches_the_penalty():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    grads = []
+    for via_gradient in (False, True):
+        torch.manual_seed(1)
+        model = nn.Linear(3, 2).double()
+        reg = ProximalRegularizer(model, 0.4, lifetime=5, via_gradient=via_gradient)
+        with torch.no_grad():
+            model.weight += 0.2  # move away from the anchor
+        loss = model(x).pow(2).sum()
+        if not via_gradient:
+            loss = loss + reg.penalty()
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b)
+    torch.manual_seed(1)
+    plain = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        plain.weight += 0.2
+    plain(x).pow(2).sum().backward()
+    # the proximal shift is really there: 2 * 0.4 * 0.2 on every weight
+    assert torch.allclose(grads[1][0] - plain.weight.grad, torch.full((2, 3), 0.16, dtype=torch.float64))

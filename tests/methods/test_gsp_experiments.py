@@ -11,12 +11,17 @@ from labkit.methods import gsp_experiments as gx
 from labkit.methods.gsp import GSP
 
 
+@pytest.fixture(scope="module")
+def _cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("gsp_runs")  # shared: later tests reuse earlier runs
+
+
 @pytest.fixture
-def quick(monkeypatch, tmp_path):
+def quick(monkeypatch, _cache_dir):
     monkeypatch.setenv("LABKIT_PROFILE", "quick")
-    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("LABKIT_CACHE", str(_cache_dir))
     monkeypatch.setenv("LABKIT_DEVICE", "cpu")
-    return tmp_path
+    return _cache_dir
 
 
 def test_m_per_class_batches_are_class_blocks_and_seeded():

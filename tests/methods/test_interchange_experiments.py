@@ -12,14 +12,16 @@ from torch import nn
 from labkit.methods import interchange_experiments as ex
 
 
-@pytest.mark.parametrize("arch", ["mlp", "lenet5", "mobilenet"])
+@pytest.mark.parametrize("arch", ex.ZOO_ARCHS)
 def test_zoo_networks_follow_the_network_contract(arch):
     net = ex.build_zoo_network(arch, in_channels=1, num_classes=10, feat_dim=12)
     out = net.forward_all(torch.rand(3, 1, 28, 28))
     assert out.feature_map.ndim == 4 and out.embedding.shape == (3, 12)
     assert out.logits.shape == (3, 10)
     assert isinstance(net.head, nn.Linear) and net.head.bias is not None
-    assert ex.build_zoo_network(arch, 3, 10, 8, image_size=32, head=None)(torch.rand(2, 3, 32, 32)).shape == (2, 8)
+    # the full profile's CIFAR shape, open-set variant without a head
+    cifar = ex.build_zoo_network(arch, 3, 10, 8, image_size=32, head=None)
+    assert cifar.head is None and cifar(torch.rand(2, 3, 32, 32)).shape == (2, 8)
 
 
 def test_mobilenet_lite_is_depthwise_separable():
@@ -56,6 +58,9 @@ def test_closed_form_matrix_exact_only_when_dim_reaches_classes():
     low = ex.closed_form_matrix(ex.synthetic_zoo(n_members=3, dim=2, num_classes=5, seed=2))
     assert not low["exact"].any()
     assert np.nanmin(low["agreement"]) < 1.0
+    assert ex.closed_form_checks(exact) == {"exact_when_target_dim_ge_classes": True}
+    assert ex.closed_form_checks(low) == {"exact_when_target_dim_ge_classes": True,  # vacuous
+                                          "inexact_when_target_dim_lt_classes": True}
 
 
 def test_sweeps_and_similarity_rows_on_toy_zoo(toy):
@@ -90,7 +95,7 @@ def tiny_settings(tmp_path_factory):
     mp.setenv("LABKIT_DEVICE", "cpu")
     settings = ex.zoo_settings()
     settings.update(archs=("mlp", "lenet5"), seeds=(0, 1), train_per_class=40, test_per_class=20,
-                    epochs=3, open_seen_per_class=30, open_unseen_per_class=15, open_epochs=2,
+                    epochs=5, lr=5e-3, open_seen_per_class=30, open_unseen_per_class=15, open_epochs=3,
                     low_dim_arch="mlp")
     yield settings
     mp.undo()
@@ -111,6 +116,8 @@ def test_tiny_real_zoo_trains_caches_and_beats_controls(tiny_settings, monkeypat
     into_low = [low["agreement"][i, names.index("mlp-d4")] for i in range(4)]
     assert low["exact"][0, 1] and not low["exact"][0, names.index("mlp-d4")]
     assert low["agreement"][0, 1] == 1.0 and min(into_low) < 1.0
+    assert ex.closed_form_checks(low) == {"exact_when_target_dim_ge_classes": True,
+                                          "inexact_when_target_dim_lt_classes": True}
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached member was retrained")

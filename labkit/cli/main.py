@@ -1,0 +1,71 @@
+"""The `labkit` command: reproduce, bench, train, download."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+BENCHMARKS = {
+    "retrieval": "labkit.cli.bench_core:retrieval",
+    "fit": "labkit.cli.bench_core:fit_overhead",
+    "gsp": "labkit.cli.bench_gsp:main",
+}
+
+
+def _load(target: str):
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rep = sub.add_parser("reproduce", help="execute the notebooks headless; collect notebooks + figures")
+    rep.add_argument("notebooks", nargs="*", help="name prefixes, e.g. 00 01 (default: all)")
+    rep.add_argument("--profile", default=None, help="quick | lab | full (default: LABKIT_PROFILE or lab)")
+    rep.add_argument("--out", type=Path, default=Path("labkit-output"))
+    rep.add_argument("--inplace", action="store_true", help="overwrite notebooks/ (maintainers)")
+    rep.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+
+    bench = sub.add_parser("bench", help="run a benchmark and print what it measured")
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+
+    train = sub.add_parser("train", help="paper-scale classifier training (under torchrun for DDP)")
+    train.add_argument("args", nargs=argparse.REMAINDER)
+
+    download = sub.add_parser("download", help="download a torchvision dataset to LABKIT_DATA")
+    download.add_argument("name", choices=["mnist", "fashion_mnist", "cifar10", "cifar100"])
+
+    args = parser.parse_args(argv)
+    if args.command == "reproduce":
+        from labkit.cli.reproduce import run
+        from labkit.core import config
+
+        profile = args.profile or os.environ.get("LABKIT_PROFILE", "lab")
+        os.environ["LABKIT_PROFILE"] = profile
+        config.profile()  # validates
+        return run(args.notebooks, args.out, profile, args.inplace, args.timeout)
+    if args.command == "bench":
+        _load(BENCHMARKS[args.name])(args.args)
+        return 0
+    if args.command == "train":
+        from labkit.cli.train import main as train_main
+
+        return train_main(args.args)
+    if args.command == "download":
+        from labkit.core.data import load_dataset
+
+        for split in ("train", "test"):
+            dataset = load_dataset(args.name, split, download=True)
+            print(f"{args.name} {split}: {len(dataset)} images")
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

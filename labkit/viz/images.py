@@ -1,0 +1,53 @@
+"""Image grids and heat-map overlays (class activation maps, transport weights)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_display(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W) grey or (H, W, 3) RGB numpy for imshow."""
+    if image.ndim != 3:
+        raise ValueError(f"image must be (C, H, W), got {tuple(image.shape)}")
+    array = image.detach().float().clamp(0, 1).cpu()
+    return array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 8,
+               size: float = 1.2, fig=None):
+    """Show (N, C, H, W) images in a grid; returns the figure."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = fig or plt.figure(figsize=(size * ncols, size * nrows + (0.2 if titles else 0)))
+    for i in range(n):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(to_display(images[i]), cmap="gray", vmin=0, vmax=1)
+        ax.set_axis_off()
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
+    return fig
+
+
+def overlay(image: torch.Tensor, heat: torch.Tensor | np.ndarray, alpha: float = 0.45,
+            cmap: str = "jet") -> np.ndarray:
+    """Blend a heat map (h, w) in [0, 1] (upsampled bilinearly) over an image (C, H, W) in [0, 1].
+
+    Returns (H, W, 3) float in [0, 1].
+    """
+    heat = torch.as_tensor(np.asarray(heat), dtype=torch.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"heat must be (h, w), got {tuple(heat.shape)}")
+    height, width = image.shape[-2:]
+    heat = F.interpolate(heat[None, None], size=(height, width), mode="bilinear",
+                         align_corners=False)[0, 0].clamp(0, 1).numpy()
+    base = to_display(image)
+    if base.ndim == 2:
+        base = np.repeat(base[..., None], 3, axis=2)
+    colored = plt.get_cmap(cmap)(heat)[..., :3]
+    return (1 - alpha) * base + alpha * colored

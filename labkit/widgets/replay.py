@@ -1,0 +1,52 @@
+"""Replay recorded training: an epoch slider over `History.snapshots` (instant, no training)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+
+from labkit.core.train import History
+from labkit.viz.features import project, scatter_features
+
+
+def snapshot_figure(history: History, labels: torch.Tensor, index: int, *, directions=None,
+                    class_names: Sequence[str] | None = None, normalize: bool = False, ax=None):
+    """The probe features recorded at snapshot `index` (projected with PCA if d > 3)."""
+    if not history.snapshots:
+        raise ValueError("this history has no snapshots: train with fit(..., probe=images)")
+    features = history.snapshots[index]
+    if features.shape[1] > 3:
+        features = project(features, "pca", 2)
+        directions = None
+    epoch = history.snapshot_epochs[index]
+    return scatter_features(features, labels, directions=directions, class_names=class_names,
+                            normalize=normalize, ax=ax, title=f"epoch {epoch}")
+
+
+def snapshot_player(history: History, labels: torch.Tensor, *, directions=None,
+                    class_names: Sequence[str] | None = None, normalize: bool = False):
+    """An ipywidgets slider over the recorded epochs that redraws the feature scatter."""
+    import ipywidgets as widgets
+
+    if not history.snapshots:
+        raise ValueError("this history has no snapshots: train with fit(..., probe=images)")
+    slider = widgets.SelectionSlider(
+        options=[(str(epoch), i) for i, epoch in enumerate(history.snapshot_epochs)],
+        value=len(history.snapshots) - 1, description="epoch")
+    out = widgets.Output()
+
+    def draw(index: int) -> None:
+        with out:
+            out.clear_output(wait=True)
+            dim = history.snapshots[index].shape[1]
+            fig = plt.figure(figsize=(4.4, 4.4))
+            ax = fig.add_subplot(projection="3d" if dim == 3 else None)
+            snapshot_figure(history, labels, index, directions=directions, class_names=class_names,
+                            normalize=normalize, ax=ax)
+            plt.show()
+
+    slider.observe(lambda change: draw(change["new"]), names="value")
+    draw(slider.value)
+    return widgets.VBox([slider, out])

@@ -1,0 +1,100 @@
+"""Tiny quick-profile runs of the notebook-01 experiment runners (seconds on a CPU)."""
+
+import pytest
+import torch
+
+from labkit.methods import reponet as rp
+from labkit.methods import reponet_experiments as rx
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_PROFILE", "quick")
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("LABKIT_DEVICE", "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_run_config_validates():
+    assert rx.run_config("cube", classes=10)["feat_dim"] == 4
+    assert rx.run_config("simplex", classes=[3, 5, 7])["classes"] == [3, 5, 7]
+    with pytest.raises(ValueError, match="d = 9"):
+        rx.run_config("simplex", feat_dim=3)
+    with pytest.raises(ValueError, match="feat_dim"):
+        rx.run_config("learned")
+    with pytest.raises(ValueError, match="unknown head"):
+        rx.run_config("dodecahedron", feat_dim=3)
+    with pytest.raises(ValueError, match="margin"):
+        rx.run_config("learned", feat_dim=3, margin=True)
+    with pytest.raises(ValueError, match="unknown config keys"):
+        rx.run_config("simplex", epoch=3)
+
+
+def test_quick_fixed_run_records_everything_and_keeps_vertices():
+    cfg = rx.run_config("simplex", classes=4, epochs=2)
+    result = rx.train(cfg, progress=False)
+    history = result["history"]
+    assert len(history.snapshots) == 3 and history.snapshot_epochs == [0, 1, 2]
+    assert history.snapshots[0].shape == (16, 3)
+    assert all({"nc1", "nc2", "nc3", "nc4"} <= set(row) for row in history.epochs)
+    assert result["test_features"].shape == (40, 3)  # quick: 10 test images per class
+    assert 0.0 <= result["accuracy"] <= 1.0
+    assert torch.equal(result["model"].head.weight, rp.polytope_vertices("simplex", 4))
+    assert result["head_params"] == {"trainable": 0, "fixed": 12}
+    assert result["angle_to_direction"].shape == (4,)
+
+
+def test_quick_center_and_margin_runs():
+    center = rx.train(rx.run_config("center", classes=3, feat_dim=2), progress=False)
+    assert center["head_params"]["trainable"] == 2 * 3 + 3 * 2  # linear head + centres
+    margin = rx.train(rx.run_config("orthoplex", classes=4, margin=True), progress=False)
+    assert margin["model"].head.margin == pytest.approx(torch.pi / 2)
+
+
+def test_run_is_cached():
+    cfg = rx.run_config("polygon", classes=3, epochs=1)
+    first = rx.run(cfg, progress=False)
+    second = rx.run(cfg, progress=False)
+    assert "model" not in first and "state_dict" in first
+    assert torch.equal(first["test_features"], second["test_features"])
+
+
+def fake(label, head, d, acc, angles):
+    return {"config": {"head": head, "feat_dim": d, "margin": False}, "label": label,
+            "accuracy": acc, "angle_to_direction": torch.tensor(angles)}
+
+
+def test_acceptance_logic():
+    results = [fake("learned d=9", "learned", 9, 0.980, [0.0]),
+               fake("simplex d=9", "simplex", 9, 0.975, [3.0, 9.0]),
+               fake("learned d=4", "learned", 4, 0.970, [0.0]),
+               fake("cube d=4", "cube", 4, 0.955, [2.0])]
+    check = rx.acceptance(results)
+    assert [row["passed"] for row in check["rows"]] == [True, False]  # cube: 1.5 points behind
+    assert check["passed"] is False
+    results[3]["accuracy"] = 0.968
+    assert rx.acceptance(results)["passed"] is True
+    results[1]["angle_to_direction"] = torch.tensor([3.0, 10.5])
+    assert rx.acceptance(results)["passed"] is False
+    with pytest.raises(ValueError, match="no learned run"):
+        rx.acceptance(results[1:2])
+
+
+def test_format_table():
+    text = rx.format_table([{"run": "a", "acc": 1.5}, {"run": "bb", "acc": 10.25}])
+    assert text.splitlines()[0].split() == ["run", "acc"]
+    assert "10.25" in text
+
+
+def test_experiment_sets():
+    assert [rx.label(c) for c in rx.planar_configs()] == ["learned d=2", "polygon d=2", "center d=2"]
+    spatial = rx.spatial_configs(baselines=True)
+    assert [(c["head"], len(c["classes"]), c["feat_dim"]) for c in spatial] == [
+        ("simplex", 4, 3), ("orthoplex", 6, 3), ("cube", 8, 3), ("learned", 8, 3), ("center", 8, 3)]
+    comparison = rx.comparison_configs(margin=True, hadamard=True)
+    assert [rx.label(c) for c in comparison] == [
+        "learned d=9", "simplex d=9", "learned d=5", "orthoplex d=5", "learned d=4", "cube d=4",
+        "simplex+margin d=9", "hadamard d=16"]

@@ -1,0 +1,50 @@
+"""APFS widgets re-draw from recorded results when their controls change."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from labkit.widgets import apfs as W  # noqa: E402
+
+
+def fake_geometry(rounds=3, per_class=5, classes=3):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    return {"config": {"alpha": 0.5, "beta": 2.0},
+            "snapshots": [torch.randn(len(labels), 2, generator=g) for _ in range(rounds + 1)],
+            "labels": labels,
+            "representatives": np.stack([[c * per_class + k for c in range(classes)]
+                                         for k in range(rounds)]),
+            "satisfaction": [{"before": (0.2, 0.5), "after": (0.6, 0.7)}] * rounds}
+
+
+def test_round_explorer_follows_the_slider():
+    explorer = W.RoundExplorer(fake_geometry())
+    assert explorer.slider.max == 2
+    explorer.slider.value = 2
+    fig = explorer.figure(explorer.slider.value)
+    assert "round 2" in fig.axes[0].get_title()
+    fig = W.static_rounds(fake_geometry())
+    assert len(fig.axes) == 6  # rounds 0, 1, 2: before and after each
+    plt.close("all")
+
+
+def test_sweep_explorer_switches_parameter():
+    sweeps = {p: [{"parameter": p, "value": v, "seed": 0, "recall@1": 0.5 + v / 100,
+                   "round_distances": [1.0, 0.5]} for v in values]
+              for p, values in (("strength", (0.0, 0.1)), ("lifetime", (1, 10, 30)))}
+    explorer = W.SweepExplorer(sweeps)
+    explorer.parameter.value = "lifetime"
+    assert list(explorer.value.options) == [1, 10, 30]
+    explorer.value.value = 30
+    fig = explorer.figure("lifetime", 30)
+    assert fig.axes[0].get_xlabel() == "T (lifetime)"
+    with pytest.raises(ValueError):
+        W.SweepExplorer({})
+    plt.close("all")
