@@ -1,4 +1,4 @@
-"""The `labkit` command: reproduce, bench, train, download."""
+"""The `labkit` command: reproduce, bench, download."""
 
 from __future__ import annotations
 
@@ -35,9 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("args", nargs=argparse.REMAINDER)
 
-    train = sub.add_parser("train", help="paper-scale classifier training (under torchrun for DDP)")
-    train.add_argument("args", nargs=argparse.REMAINDER)
-
     download = sub.add_parser("download", help="download a torchvision dataset to LABKIT_DATA")
     download.add_argument("name", choices=["mnist", "fashion_mnist", "cifar10", "cifar100"])
 
@@ -53,10 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         _load(BENCHMARKS[args.name])(args.args)
         return 0
-    if args.command == "train":
-        from labkit.cli.train import main as train_main
-
-        return train_main(args.args)
     if args.command == "download":
         from labkit.core.data import load_dataset
 
