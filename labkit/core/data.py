@@ -350,9 +350,16 @@ def _sop(root: Path) -> tuple[list[Path], list[int], list[str]]:
         raise _missing("sop", base, _FOLDER_HINT["sop"].format(root=root) + ".")
     rows = [row for f in files for row in _read_table(f)[1:]]  # first line is a header
     class_ids = sorted({int(row[1]) for row in rows})
+    index = {c: i for i, c in enumerate(class_ids)}
     paths = [base / row[3] for row in rows]
-    labels = [int(row[1]) - 1 for row in rows]
+    labels = [index[int(row[1])] for row in rows]
     return paths, labels, [str(c) for c in class_ids]
+
+
+def _sop_train_classes(root: Path) -> int:
+    """SOP's official zero-shot split is by file (11,318 train / 11,316 test classes), not by half."""
+    rows = _read_table(root / "Stanford_Online_Products" / "Ebay_train.txt")[1:]
+    return len({int(row[1]) for row in rows})
 
 
 _FOLDER_READERS = {"cub200": _cub200, "cars196": _cars196, "sop": _sop}
@@ -361,7 +368,9 @@ _FOLDER_READERS = {"cub200": _cub200, "cars196": _cars196, "sop": _sop}
 def _folder_set(name: str, split: str, root: Path, image_size: int, transform) -> ImageFolderDataset:
     paths, labels, classes = _FOLDER_READERS[name](root)
     full = ImageFolderDataset(paths, torch.tensor(labels), classes, None, name)
-    half = len(classes) // 2  # zero-shot protocol: first half of the classes trains
+    # zero-shot protocol: first half of the classes trains (SOP: the classes of Ebay_train.txt,
+    # which come first in class-id order)
+    half = _sop_train_classes(root) if name == "sop" else len(classes) // 2
     ids = range(half) if split == "train" else range(half, len(classes))
     subset = full.subset_classes(list(ids), relabel=True)
     subset.transform = transform if transform is not None else folder_transform(split, image_size)

@@ -55,22 +55,83 @@ def model_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
 
 # ----------------------------------------------------------------------------- retrieval
 
-def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0, chunk: int = 4096) -> torch.Tensor:
-    """Lloyd's k-means (init: k distinct random points, as faiss does); returns assignments (N,)."""
+def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0, chunk: int = 1024,
+           max_points_per_centroid: int = 256) -> torch.Tensor:
+    """Lloyd's k-means as faiss runs it; returns assignments (N,).
+
+    Init: k distinct random points; `iters` updates of the centroids, trained on a random sample
+    of at most `max_points_per_centroid` * k points (all points for SOP-sized label sets); then
+    every point is assigned to its nearest final centroid. Memory: a (chunk, k) score block.
+    """
+    return _kmeans(x, k, iters, seed, chunk, max_points_per_centroid)
+
+
+def _kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0, chunk: int = 1024,
+            max_points_per_centroid: int = 256, row_scale: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """`kmeans` of the rows of x * row_scale[:, None] (x unchanged, no scaled copy of it)."""
     if not 1 <= k <= len(x):
         raise ValueError(f"k must be in 1..{len(x)}, got {k}")
     generator = torch.Generator().manual_seed(seed)
-    centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
-    assign = torch.empty(len(x), dtype=torch.long, device=x.device)
-    for _ in range(iters + 1):
-        half_norms = 0.5 * (centroids * centroids).sum(1)
-        for i in range(0, len(x), chunk):
-            # argmin ||x - c||^2 = argmax (x.c - ||c||^2 / 2)
-            assign[i:i + chunk] = (x[i:i + chunk] @ centroids.T - half_norms).argmax(1)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).unsqueeze(1)
+    train = None
+    if len(x) > max_points_per_centroid * k:  # faiss subsamples the training set like this
+        train = torch.randperm(len(x), generator=generator)[:max_points_per_centroid * k]
+        train = train.sort().values.to(x.device)
+    num_train = len(x) if train is None else len(train)
+
+    def rows(i: int) -> torch.Tensor:
+        index = slice(i, i + chunk) if train is None else train[i:i + chunk]
+        block = x[index]
+        if row_scale is not None:
+            block = block * row_scale[index, None]
+        return block
+
+    def assign_block(block: torch.Tensor, centroids: torch.Tensor,
+                     neg_half_norms: torch.Tensor) -> torch.Tensor:
+        # argmin ||x - c||^2 = argmax (x.c - ||c||^2 / 2)
+        return torch.addmm(neg_half_norms, block, centroids.T).argmax(1)
+
+    first = torch.randperm(num_train, generator=generator)[:k].to(x.device)
+    picked = first if train is None else train[first]
+    centroids = x[picked].clone()
+    if row_scale is not None:
+        centroids *= row_scale[picked, None]
+    for _ in range(iters):
+        neg_half_norms = -0.5 * (centroids * centroids).sum(1)
+        sums = torch.zeros_like(centroids)
+        counts = torch.zeros(k, dtype=torch.long, device=x.device)
+        for i in range(0, num_train, chunk):
+            block = rows(i)
+            assign = assign_block(block, centroids, neg_half_norms)
+            sums.index_add_(0, assign, block)
+            counts += torch.bincount(assign, minlength=k)
+        counts = counts.unsqueeze(1)
         centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        if bool((counts == 0).any()):
+            centroids = _split_clusters(centroids, counts.squeeze(1), generator)
+    neg_half_norms = -0.5 * (centroids * centroids).sum(1)
+    assign = torch.empty(len(x), dtype=torch.long, device=x.device)
+    for i in range(0, len(x), chunk):
+        block = x[i:i + chunk] if row_scale is None else x[i:i + chunk] * row_scale[i:i + chunk, None]
+        assign[i:i + chunk] = assign_block(block, centroids, neg_half_norms)
     return assign
+
+
+def _split_clusters(centroids: torch.Tensor, counts: torch.Tensor,
+                    generator: torch.Generator) -> torch.Tensor:
+    """faiss's handling of an empty cluster: split a non-empty one (chosen with probability
+    proportional to its size) into two slightly perturbed copies, so k clusters survive."""
+    sizes = counts.double().cpu()
+    signs = torch.ones(centroids.shape[1], dtype=centroids.dtype, device=centroids.device)
+    signs[1::2] = -1
+    for empty in (sizes == 0).nonzero().squeeze(1).tolist():
+        donor = int(torch.multinomial(sizes, 1, generator=generator))
+        base = centroids[donor].clone()
+        centroids[empty] = base * (1 + signs / 1024)
+        centroids[donor] = base * (1 - signs / 1024)
+        sizes[empty] = sizes[donor] / 2
+        sizes[donor] -= sizes[empty]
+    return centroids
 
 
 def _nmi(labels: torch.Tensor, clusters: torch.Tensor) -> float:
@@ -82,19 +143,22 @@ def _nmi(labels: torch.Tensor, clusters: torch.Tensor) -> float:
 @torch.no_grad()
 def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor,
                       ks: Sequence[int] = (1, 2, 4, 8), *, nmi: bool = True, seed: int = 0,
-                      chunk: int = 2048) -> dict[str, float]:
+                      chunk: int = 256) -> dict[str, float]:
     """Retrieval metrics of every sample as a query against all other samples.
 
     embeddings (N, d), labels (N,). Returns recall@K for each K (a hit if any of the K nearest
     shares the query's class), `map@r`, `r_precision` and `nmi` (k-means with as many clusters as
     classes). Cosine similarity; lone queries (no other sample of their class) are left out.
+    Memory beyond the inputs: a (chunk, N) similarity block; no normalised copy of the embeddings
+    is made (rows are scaled by their inverse norms block by block).
     """
     if embeddings.ndim != 2 or labels.ndim != 1 or len(embeddings) != len(labels):
         raise ValueError(f"need embeddings (N, d) and labels (N,), got {tuple(embeddings.shape)} "
                          f"and {tuple(labels.shape)}")
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
-    x = F.normalize(embeddings.float(), dim=1)
+    x = embeddings.float()
+    inv_norms = 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12)  # as F.normalize
     labels = labels.to(x.device)
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     others = counts[inverse] - 1  # R_i: other samples of the query's class
@@ -108,7 +172,8 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor,
     rp_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     for start in range(0, len(x), chunk):
         stop = min(start + chunk, len(x))
-        sims = x[start:stop] @ x.T
+        # cosine up to a positive per-row factor, which leaves each row's ranking unchanged
+        sims = (x[start:stop] @ x.T).mul_(inv_norms)
         sims[torch.arange(stop - start), torch.arange(start, stop)] = -math.inf  # not itself
         neighbours = sims.topk(depth, dim=1).indices
         del sims
@@ -128,7 +193,7 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor,
     result["map@r"] = float(map_sum) / num_queries
     result["r_precision"] = float(rp_sum) / num_queries
     if nmi:
-        result["nmi"] = _nmi(labels, kmeans(x, len(counts), seed=seed))
+        result["nmi"] = _nmi(labels, _kmeans(x, len(counts), seed=seed, row_scale=inv_norms))
     return result
 
 

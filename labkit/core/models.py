@@ -167,7 +167,11 @@ class TorchvisionResNet(nn.Module):
                 raise FileNotFoundError(f"weights file {path} does not exist")
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            net.load_state_dict(state, strict=False)
+            missing = net.load_state_dict(state, strict=False).missing_keys
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing:  # never run silently with random weights
+                raise ValueError(f"weights file {path} does not fit torchvision's resnet{depth}: "
+                                 f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
         if in_channels != 3 or small_input:
             # Small images: a 3x3 stride-1 stem and no max-pool keep enough resolution.
             kernel, stride, pad = (3, 1, 1) if small_input else (7, 2, 3)

@@ -85,6 +85,8 @@ def plotly_features(features, labels, *, class_names: Sequence[str] | None = Non
         traces.append(trace(mode="markers", name=name, marker=marker, **coords))
     if directions is not None:
         rays = _numpy(directions).astype(np.float64)
+        if rays.ndim != 2 or rays.shape[1] != dim:
+            raise ValueError(f"directions must be (K, {dim}) like the features, got {rays.shape}")
         reach = np.percentile(np.linalg.norm(points, axis=1), 98) if not normalize else 1.0
         rays = rays / np.linalg.norm(rays, axis=1, keepdims=True).clip(1e-12) * reach
         for k, ray in enumerate(rays):

@@ -27,11 +27,12 @@ class LiveScatter:
         if state.epoch % self.every:
             return
         device = next(state.model.parameters()).device
-        features = self._points(record_snapshot(state.model, self.probe.to(device)))
+        raw = record_snapshot(state.model, self.probe.to(device))
+        features = self._points(raw)
         self.frames.append(features)
         title = f"epoch {state.epoch}"
         if self.widget is None:
-            directions = self.directions if features.shape[1] <= 3 else None
+            directions = self.directions if raw.shape[1] <= 3 else None  # no rays after PCA
             self.widget = plotly_features(features, self.labels, directions=directions, title=title,
                                           widget=True)
             return

@@ -1,0 +1,114 @@
+"""Tests for labkit.cli.reproduce: notebook selection and figure extraction."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import nbformat
+import numpy as np
+import pytest
+from PIL import Image
+
+from labkit.cli import reproduce
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for name in ("00_tour.ipynb", "01_polytopes.ipynb", "02_fdl.ipynb", "notes.ipynb", "03_draft.txt"):
+        (tmp_path / name).write_text("{}")
+    return tmp_path
+
+
+def test_find_notebooks_by_prefix(folder):
+    names = lambda paths: [p.name for p in paths]  # noqa: E731
+    assert names(reproduce.find_notebooks([], folder)) == ["00_tour.ipynb", "01_polytopes.ipynb",
+                                                           "02_fdl.ipynb"]
+    assert names(reproduce.find_notebooks(["01"], folder)) == ["01_polytopes.ipynb"]
+    assert names(reproduce.find_notebooks(["02", "00_t"], folder)) == ["00_tour.ipynb", "02_fdl.ipynb"]
+
+
+def test_find_notebooks_unknown(folder):
+    with pytest.raises(ValueError) as info:
+        reproduce.find_notebooks(["01", "07"], folder)
+    assert "07" in str(info.value) and "00_tour.ipynb" in str(info.value)
+    with pytest.raises(ValueError):
+        reproduce.find_notebooks(["notes"], folder)  # not a numbered notebook
+
+
+def test_find_notebooks_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="notebooks"):
+        reproduce.find_notebooks([], tmp_path / "nope")
+
+
+def test_repository_notebooks_are_found():
+    if not reproduce.NOTEBOOK_DIR.is_dir():
+        pytest.skip("not a source checkout")
+    assert reproduce.find_notebooks(["00"])[0].name.startswith("00_")
+
+
+def _png(color) -> tuple[str, bytes]:
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 2), color).save(buffer, format="PNG")
+    raw = buffer.getvalue()
+    return base64.b64encode(raw).decode(), raw
+
+
+def test_save_figures(tmp_path):
+    red, red_raw = _png((255, 0, 0))
+    blue, _ = _png((0, 0, 255))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# title"),
+        nbformat.v4.new_code_cell("plot()", outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text="hello\n"),
+            nbformat.v4.new_output("display_data", data={"image/png": red, "text/plain": "<Figure>"}),
+        ]),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("fig", outputs=[
+            nbformat.v4.new_output("execute_result", data={"image/png": blue}, execution_count=3),
+            nbformat.v4.new_output("display_data", data={"text/html": "<b>no image</b>"}),
+        ]),
+    ]
+    nbformat.validate(nb)
+    # round trip through the on-disk format, as reproduce does
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    nb = nbformat.read(path, as_version=4)
+    out = tmp_path / "figures"
+    assert reproduce.save_figures(nb, out) == 2
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["cell01_01.png", "cell03_02.png"]
+    assert (out / "cell01_01.png").read_bytes() == red_raw
+    with Image.open(out / "cell03_02.png") as image:
+        assert image.size == (3, 2)
+        assert np.asarray(image.convert("RGB"))[0, 0].tolist() == [0, 0, 255]
+
+
+def test_save_figures_without_images(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
+    assert reproduce.save_figures(nb, tmp_path / "figs") == 0
+    assert not (tmp_path / "figs").exists()
+
+
+def test_run_collects_notebooks_and_figures(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "00_a.ipynb").write_text("{}")
+    red, _ = _png((255, 0, 0))
+    executed = []
+
+    def fake_execute(path, target, profile, timeout):
+        executed.append((path.name, target, profile))
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("f", outputs=[
+            nbformat.v4.new_output("display_data", data={"image/png": red})])])
+        return nb, 0.5
+
+    monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", source)
+    monkeypatch.setattr(reproduce.find_notebooks, "__defaults__", (source,))
+    monkeypatch.setattr(reproduce, "execute", fake_execute)
+    out = tmp_path / "out"
+    assert reproduce.run([], out, "quick", inplace=False, timeout=10) == 0
+    assert executed == [("00_a.ipynb", out / "notebooks" / "00_a.ipynb", "quick")]
+    assert (out / "figures" / "00_a" / "cell00_01.png").exists()
+    assert "1 figures" in capsys.readouterr().out
