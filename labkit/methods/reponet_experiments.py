@@ -22,7 +22,7 @@ from torch import nn
 
 from labkit.core import config, evaluate
 from labkit.core.data import ArrayDataset, load_dataset
-from labkit.core.models import Network, build_network
+from labkit.core.models import Network, build_network, lenetpp_options
 from labkit.core.train import cached, fit
 from labkit.methods import reponet as rp
 
@@ -70,7 +70,9 @@ def run_config(head: str, *, classes: int | Sequence[int] = 10, feat_dim: int | 
         raise ValueError(f"a {head} head needs feat_dim >= 1, got {feat_dim}")
     if margin and head not in POLYTOPES:
         raise ValueError(f"the angular margin applies to fixed polytopes, not to {head!r}")
-    cfg = dict(recipe(), head=head, classes=ids, feat_dim=int(feat_dim), margin=bool(margin),
+    arch = overrides.get("arch", recipe()["arch"])
+    cfg = dict(recipe(), backbone=lenetpp_options() if arch == "lenetpp" else {},
+               head=head, classes=ids, feat_dim=int(feat_dim), margin=bool(margin),
                seed=int(seed), lam=0.01, alpha=0.5, scale=16.0, cpu_bf16=True,
                neck_weight_decay=recipe()["weight_decay"])
     unknown = set(overrides) - set(cfg)
@@ -100,7 +102,7 @@ def build_model(cfg: dict[str, Any]) -> Network:
     image_size = 32 if cfg["dataset"].startswith("cifar") else 28
     channels = 3 if cfg["dataset"].startswith("cifar") else 1
     return build_network(cfg["arch"], channels, len(cfg["classes"]), cfg["feat_dim"],
-                         head=make_head(cfg), image_size=image_size)
+                         head=make_head(cfg), image_size=image_size, **cfg["backbone"])
 
 
 def class_directions(model: Network) -> torch.Tensor:

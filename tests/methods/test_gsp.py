@@ -438,3 +438,29 @@ def test_training_gsp_beats_gap_when_most_cells_are_distractors():
     gsp_acc = _train_neck(0.25)
     assert gsp_acc > 0.95
     assert gsp_acc > gap + 0.08
+
+
+def test_unconverged_solve_warns_and_implicit_saves_no_plan():
+    costs = 2.0 * torch.rand(2, 3, 50, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        gsp_transport(costs, 0.99, 5.0, iters=3)
+    c = costs.clone().requires_grad_(True)
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        rho, pi = gsp_transport(c, 0.3, 5.0)
+    # costs (the input) and three (B, n) vectors; the (B, K, n) plan is rebuilt in backward
+    assert sorted(sizes, key=len) == [(2, 50)] * 3 + [(2, 3, 50)]
+
+
+def test_layer_keeps_half_precision_dtype():
+    layer = GSP(4, 6, 3, mu=0.5, gamma=5.0)
+    x = torch.randn(2, 4, 3, 3)
+    layer(x)
+    out = layer(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), layer(x), atol=0.05)
