@@ -4,7 +4,10 @@ The .py source is what we review and edit; the .ipynb is generated, then execute
 `lab` profile (`labkit reproduce --inplace`) so the committed notebook carries real outputs.
 Cells start with `# %%` (code) or `# %% [markdown]` (markdown lines are written as `# text`).
 
-usage: python tools/make_notebook.py notebooks/src/01_regular_polytope_networks.py [...]
+usage: python tools/make_notebook.py [--prose] notebooks/src/01_regular_polytope_networks.py [...]
+
+--prose rewrites only the markdown cells of an existing executed notebook and keeps its outputs;
+it refuses when the code cells differ from the source (then rebuild and re-execute).
 """
 
 from __future__ import annotations
@@ -48,6 +51,33 @@ def build(source: Path) -> Path:
     return target
 
 
+def sync_prose(source: Path) -> Path:
+    """Replace the markdown of the executed notebook by the source's, keeping every output."""
+    target = source.parent.parent / (source.stem + ".ipynb")
+    notebook = nbformat.read(target, as_version=4)
+    cells = parse_cells(source.read_text())
+    old_code = [c.source for c in notebook.cells if c.cell_type == "code"]
+    new_code = [text for kind, text in cells if kind == "code"]
+    if old_code != new_code:
+        changed = next(i for i, (a, b) in enumerate(zip(old_code + [""], new_code + [""])) if a != b)
+        raise SystemExit(f"{target}: code cell {changed} differs from {source}; rebuild and "
+                         f"re-execute instead of --prose")
+    code = iter(c for c in notebook.cells if c.cell_type == "code")
+    old_prose = [c for c in notebook.cells if c.cell_type == "markdown"]
+    new_prose = [text for kind, text in cells if kind == "markdown"]
+    if len(old_prose) == len(new_prose):  # same cells, new text: keep their ids (small diffs)
+        for cell, text in zip(old_prose, new_prose):
+            cell.source = text
+        prose = iter(old_prose)
+    else:
+        prose = iter(nbformat.v4.new_markdown_cell(text) for text in new_prose)
+    notebook.cells = [next(code) if kind == "code" else next(prose) for kind, _ in cells]
+    nbformat.write(notebook, target)
+    return target
+
+
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        print(build(Path(arg)))
+    args = sys.argv[1:]
+    prose = "--prose" in args
+    for arg in (a for a in args if a != "--prose"):
+        print(sync_prose(Path(arg)) if prose else build(Path(arg)))

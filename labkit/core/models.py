@@ -200,6 +200,19 @@ class FlattenLinear(nn.Module):
         return self.linear(feature_map.flatten(1))
 
 
+class FlattenMLP(nn.Module):
+    """Flatten -> Linear -> BatchNorm -> ReLU -> Dropout: the dense head of Keras VGG-style
+    classifiers (e.g. the FDL paper's members: Dense 128, BN, ReLU, Dropout 0.5, softmax)."""
+
+    def __init__(self, in_features: int, dim: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(1), nn.Linear(in_features, dim), nn.BatchNorm1d(dim),
+                                  nn.ReLU(inplace=True), nn.Dropout(dropout))
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.body(feature_map)
+
+
 class PooledLinear(nn.Module):
     """Global average (or max) pooling, then a linear projection to the embedding dim."""
 
@@ -247,7 +260,8 @@ def build_network(arch: str, in_channels: int = 1, num_classes: int | None = 10,
                   image_size: int = 28, **backbone_options) -> Network:
     """A `Network` for `arch` with a `feat_dim` embedding and, by default, a learned linear head.
 
-    neck: None (LeNet++: flatten + linear; others: GAP + linear), "gap", "gmp", "flatten" or a module.
+    neck: None (LeNet++: flatten + linear; others: GAP + linear), "gap", "gmp", "flatten",
+    "flatten_mlp" (flatten + Linear-BN-ReLU-Dropout) or a module.
     head: "linear" (learned, no bias, as in the polytope papers' baselines), None, or a module.
     """
     backbone = build_backbone(arch, in_channels, image_size, **backbone_options)
@@ -256,10 +270,13 @@ def build_network(arch: str, in_channels: int = 1, num_classes: int | None = 10,
         neck = "flatten" if arch == "lenetpp" else "gap"
     if neck == "flatten":
         neck = FlattenLinear(channels * height * width, feat_dim)
+    elif neck == "flatten_mlp":
+        neck = FlattenMLP(channels * height * width, feat_dim)
     elif neck in ("gap", "gmp"):
         neck = PooledLinear(channels, feat_dim, pool=neck)
     elif not isinstance(neck, nn.Module):
-        raise ValueError(f"neck must be 'flatten', 'gap', 'gmp' or an nn.Module, got {neck!r}")
+        raise ValueError(f"neck must be 'flatten', 'flatten_mlp', 'gap', 'gmp' or an nn.Module, "
+                         f"got {neck!r}")
     if head == "linear":
         if not num_classes or num_classes < 2:
             raise ValueError(f"a linear head needs num_classes >= 2, got {num_classes}")

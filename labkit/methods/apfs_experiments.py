@@ -348,13 +348,17 @@ def geometry_run(**overrides: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- step cost
 
-def step_cost(loss: str = "contrastive", steps: int = 20, repeats: int = 5,
+def step_cost(loss: str = "contrastive", steps: int | None = None, repeats: int = 5,
               **overrides: Any) -> dict[str, float]:
     """Milliseconds per training step of baseline, APFS and APFS+mining, timed side by side.
 
-    Blocks of `steps` steps alternate between the variants `repeats` times (after a warm-up
-    block each), so machine noise hits all of them alike; ratios are medians of per-block
-    ratios. A step = next batch + forward + loss + backward + Adam step + callbacks.
+    Blocks of `steps` steps (default: one pass of the sampler, so each block holds whole rounds
+    and the baseline's once-per-pass index building) alternate between the variants `repeats`
+    times, in alternating order, after a warm-up block each, so machine noise hits all alike.
+    Ratios `<variant>/baseline` are total time over total time; `<variant>/baseline (median
+    block)` is the median of per-block ratios, as a second estimator: when the two disagree
+    about a threshold, the machine was too noisy to decide. A step = next batch + forward +
+    loss + backward + Adam step + callbacks.
     """
     cfg = run_config(loss, "baseline", 0, **overrides)
     train, _ = load_split(cfg)
@@ -386,6 +390,7 @@ def step_cost(loss: str = "contrastive", steps: int = 20, repeats: int = 5,
             torch.cuda.synchronize()
         return (time.perf_counter() - started) / steps
 
+    steps = int(cfg["batches_per_pass"]) if steps is None else int(steps)
     for variant in VARIANTS:
         block(variant)  # warm-up
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -393,9 +398,10 @@ def step_cost(loss: str = "contrastive", steps: int = 20, repeats: int = 5,
         order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
         for variant in order:
             times[variant].append(block(variant))
-    out = {f"{v}_ms": 1e3 * statistics.median(times[v]) for v in VARIANTS}
+    out = {f"{v}_ms": 1e3 * statistics.fmean(times[v]) for v in VARIANTS}
     for v in VARIANTS[1:]:
-        out[f"{v}/baseline"] = statistics.median(
+        out[f"{v}/baseline"] = sum(times[v]) / sum(times["baseline"])
+        out[f"{v}/baseline (median block)"] = statistics.median(
             a / b for a, b in zip(times[v], times["baseline"], strict=True))
     return out
 

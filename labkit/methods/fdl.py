@@ -350,17 +350,28 @@ def attention_iou(heats: torch.Tensor) -> torch.Tensor:
     """Mean pairwise IoU of the members' above-mean regions: (M, B, H, W) -> (B,) in [0, 1].
 
     1 means all members attend to exactly the same region; 0 means pairwise disjoint regions.
-    A pair whose regions are both empty (constant maps) counts as IoU 1: they do not differ.
+    A member whose map is constant (e.g. an all-zero Grad-CAM) has no region: its pairs are left
+    out of the mean rather than counted as disjoint (no attention is not different attention);
+    an image where fewer than two members have a region gets NaN (see `empty_region_share`).
     """
     if heats.ndim != 4 or heats.shape[0] < 2:
         raise ValueError(f"heats must be (M >= 2, B, H, W), got shape {tuple(heats.shape)}")
     masks = above_mean_mask(heats)
-    ious = []
+    present = masks.flatten(2).any(dim=2)  # (M, B)
+    total = torch.zeros(heats.shape[1], device=heats.device)
+    count = torch.zeros(heats.shape[1], device=heats.device)
     for i, j in combinations(range(heats.shape[0]), 2):
         inter = (masks[i] & masks[j]).sum(dim=(-2, -1)).float()
         union = (masks[i] | masks[j]).sum(dim=(-2, -1)).float()
-        ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)))
-    return torch.stack(ious).mean(dim=0)
+        both = (present[i] & present[j]).float()
+        total += both * inter / union.clamp_min(1)
+        count += both
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
+
+
+def empty_region_share(heats: torch.Tensor) -> float:
+    """Share of (member, image) maps in (M, B, H, W) that are constant: no above-mean region."""
+    return float((~above_mean_mask(heats).flatten(2).any(dim=2)).float().mean())
 
 
 @torch.no_grad()

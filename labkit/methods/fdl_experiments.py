@@ -48,7 +48,7 @@ def sweep_settings(dataset: str = "mnist5k") -> dict[str, Any]:
         "members": config.pick(quick=3, lab=5, full=5),
         # VGG-style members; (8, 16) with two pools keeps a 7x7 FDL map on 28x28 MNIST.
         "widths": (64, 128, 256) if cifar else config.pick(quick=(4, 8), lab=(8, 16), full=(32, 64)),
-        "feat_dim": config.pick(quick=16, lab=64, full=128),
+        "feat_dim": config.pick(quick=16, lab=128, full=128),
         "steps": config.pick(quick=4, lab=100, full=3000),
         "batch_size": config.pick(quick=16, lab=10, full=10),  # the code's batch size is 10
         "lr": 1e-3,
@@ -70,10 +70,15 @@ def extra_datasets() -> tuple[str, ...]:
 
 def member_factory(widths: Sequence[int], num_classes: int, in_channels: int, image_size: int,
                    feat_dim: int) -> Callable[[], nn.Module]:
-    """A VGG-style member (`build_network("vgg")`): its post-pool map is what FDL compares."""
+    """A VGG-style member (`build_network("vgg")`): its post-pool map is what FDL compares.
+
+    Head as in the paper's Keras VGG (spec): Flatten -> Dense `feat_dim` -> BN -> ReLU ->
+    Dropout 0.5 -> Dense K (with bias) -> softmax.
+    """
     def build() -> nn.Module:
-        return build_network("vgg", in_channels, num_classes, feat_dim, neck="flatten",
-                             image_size=image_size, widths=tuple(widths))
+        return build_network("vgg", in_channels, num_classes, feat_dim, neck="flatten_mlp",
+                             head=nn.Linear(feat_dim, num_classes), image_size=image_size,
+                             widths=tuple(widths))
     return build
 
 
@@ -171,7 +176,7 @@ def _test_pass(ensemble: fdl.FDLEnsemble, images: torch.Tensor, labels: torch.Te
     out.update(mean_member=float(correct.mean()),
                soft_vote=float((fdl.soft_vote(member_logits).argmax(-1) == labels).float().mean()),
                hard_vote=float((fdl.hard_vote(member_logits) == labels).float().mean()),
-               iou_map=float(fdl.attention_iou(torch.cat(descs, dim=1)).mean()),
+               iou_map=float(fdl.attention_iou(torch.cat(descs, dim=1)).nanmean()),
                s_cos=float(torch.cat(s_cos).mean()), s_euc=float(torch.cat(s_euc).mean()))
     return out
 
@@ -186,7 +191,9 @@ def evaluate_run(ensemble: fdl.FDLEnsemble, test: ArrayDataset, cam_images: torc
     s_cos, s_euc: the unweighted FDL similarity sums over member pairs.
     """
     out = _test_pass(ensemble, test.images, test.labels)
-    out["iou_cam"] = float(fdl.attention_iou(fdl.member_gradcam(ensemble, cam_images)).mean())
+    cams = fdl.member_gradcam(ensemble, cam_images)
+    out["iou_cam"] = float(fdl.attention_iou(cams).nanmean())
+    out["empty_cam"] = fdl.empty_region_share(cams)
     return out
 
 
@@ -282,6 +289,28 @@ def summarize(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, dict[int
             values = torch.tensor([float(r[metric]) for r in rows if r["method"] == method and r["k"] == k])
             std = float(values.std()) if len(values) > 1 else 0.0
             out.setdefault(method, {})[k] = (float(values.mean()), std, len(values))
+    return out
+
+
+def overlap_report(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The sweep's answer to "do FDL members overlap less, and are they more accurate?".
+
+    Returns {"iou_map"|"iou_cam"|"empty_cam": {method: mean over k of the per-k means},
+    "less_overlap_every_k": {"iou_map": bool, "iou_cam": bool},
+    "fdl_wins_at": {combiner: [k where the FDL mean beats the classical mean]}}.
+    """
+    ks = sorted({r["k"] for r in rows})
+    out: dict[str, Any] = {"less_overlap_every_k": {}, "fdl_wins_at": {}}
+    for metric in ("iou_map", "iou_cam", "empty_cam"):
+        stats = summarize(rows, metric)
+        out[metric] = {m: sum(stats[m][k][0] for k in ks) / len(ks) for m in METHODS}
+        if metric != "empty_cam":
+            out["less_overlap_every_k"][metric] = all(
+                stats["fdl"][k][0] < stats["classical"][k][0] for k in ks)
+    for combiner in COMBINERS:
+        stats = summarize(rows, combiner)
+        out["fdl_wins_at"][combiner] = [k for k in ks
+                                        if stats["fdl"][k][0] > stats["classical"][k][0]]
     return out
 
 

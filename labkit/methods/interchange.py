@@ -23,6 +23,7 @@ Every computation keeps the input dtype (float64 in, float64 out).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,8 +239,11 @@ def fit_map(src: Any, dst: Any, method: str = "affine", *, bias: bool = True,
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         full = _ridge_coef(xc, yc, alpha, None)
         # Eckart-Young on the fitted values: for OLS the residual is orthogonal to col(X), so the
-        # best rank-k fit of Y is the best rank-k approximation of Y_hat = X C.
-        _, _, vh = torch.linalg.svd(xc @ full, full_matrices=False)
+        # best rank-k fit of Y is the best rank-k approximation of Y_hat = X C. With a ridge
+        # penalty the same holds for the augmented data [X; sqrt(alpha) I] (reduced-rank ridge,
+        # Mukherjee & Zhu 2011), whose fitted values are [X C; sqrt(alpha) C].
+        fitted = xc @ full if alpha == 0 else torch.cat([xc @ full, math.sqrt(alpha) * full])
+        _, _, vh = torch.linalg.svd(fitted, full_matrices=False)
         v_k = vh[:rank].T
         coef = full @ v_k @ v_k.T
         info.update(rank=rank, alpha=alpha)
@@ -444,7 +448,9 @@ def cca_correlations(X: Any, Y: Any) -> torch.Tensor:
 
 
 def mean_cca(X: Any, Y: Any) -> float:
-    """Mean canonical correlation rho_bar = ||Q_Y^T Q_X||_* / p."""
+    """Mean canonical correlation rho_bar = ||Q_Y^T Q_X||_* / p, p = min of the numerical ranks
+    of the centred X and Y (not of their widths: dead or collinear units are not counted as
+    zero correlations)."""
     return float(cca_correlations(X, Y).mean())
 
 
@@ -515,8 +521,9 @@ def pair_scores(probes: Any, gallery: Any, probe_labels: Any, gallery_labels: An
 
 def roc(scores: Any, genuine: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC of a verification test: (FAR, TAR, thresholds), FAR increasing (sklearn's roc_curve;
-    accept a pair when its score >= threshold). Only points on straight runs of the curve are
-    dropped, which changes neither TAR at FAR nor the EER."""
+    accept a pair when its score >= threshold). Every operating point is kept: sklearn's
+    `drop_intermediate` would drop points inside straight diagonal runs, which can lower TAR at
+    a FAR that falls inside such a run."""
     from sklearn.metrics import roc_curve
 
     s = torch.as_tensor(scores).detach().cpu().double().numpy().ravel()
@@ -525,7 +532,7 @@ def roc(scores: Any, genuine: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"{s.shape[0]} scores but {g.shape[0]} genuine flags")
     if g.all() or not g.any():
         raise ValueError("a ROC needs both genuine and impostor pairs")
-    far, tar, thresholds = roc_curve(g, s, drop_intermediate=True)
+    far, tar, thresholds = roc_curve(g, s, drop_intermediate=False)
     return far, tar, thresholds
 
 

@@ -10,7 +10,6 @@ training set and the neural-collapse measures on them; at the end it embeds the 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -73,7 +72,7 @@ def run_config(head: str, *, classes: int | Sequence[int] = 10, feat_dim: int | 
     arch = overrides.get("arch", recipe()["arch"])
     cfg = dict(recipe(), backbone=lenetpp_options() if arch == "lenetpp" else {},
                head=head, classes=ids, feat_dim=int(feat_dim), margin=bool(margin),
-               seed=int(seed), lam=0.01, alpha=0.5, scale=16.0, cpu_bf16=True,
+               seed=int(seed), lam=0.01, alpha=0.5, scale=16.0, margin_fraction=1.0,
                neck_weight_decay=recipe()["weight_decay"])
     unknown = set(overrides) - set(cfg)
     if unknown:
@@ -91,8 +90,11 @@ def label(cfg: dict[str, Any]) -> str:
 def make_head(cfg: dict[str, Any]) -> nn.Module:
     k, d = len(cfg["classes"]), cfg["feat_dim"]
     if cfg["head"] in POLYTOPES:
-        return rp.FixedClassifier(cfg["head"], k, d, margin="max" if cfg["margin"] else None,
-                                  scale=cfg["scale"])
+        margin = None
+        if cfg["margin"]:  # a fraction of phi, the angle between neighbouring vertices
+            margin = cfg["margin_fraction"] * rp.min_vertex_angle(
+                rp.polytope_vertices(cfg["head"], k, d))
+        return rp.FixedClassifier(cfg["head"], k, d, margin=margin, scale=cfg["scale"])
     if cfg["head"] == "hadamard":
         return rp.HadamardClassifier(k, d)
     return nn.Linear(d, k, bias=False)
@@ -113,21 +115,11 @@ def class_directions(model: Network) -> torch.Tensor:
     return head.weight.detach().float().cpu()
 
 
-def _autocast(cfg: dict[str, Any], device: torch.device):
-    # bfloat16 autocast roughly halves LeNet++'s CPU step time; the head and loss stay float32.
-    if cfg.get("cpu_bf16") and device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def make_loss(model: Network, cfg: dict[str, Any], device: torch.device,
-              center: rp.CenterLoss | None = None) -> Callable:
+def make_loss(center: rp.CenterLoss | None = None) -> Callable:
     """loss_fn(model, images, labels) for `fit`: the head's loss (+ lambda L_C for Center Loss)."""
 
     def loss_fn(net: Network, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with _autocast(cfg, device):
-            embedding = net.neck(net.backbone(images))
-        embedding = embedding.float()
+        embedding = net.neck(net.backbone(images))
         if hasattr(net.head, "loss"):
             loss = net.head.loss(embedding, labels)
         else:
@@ -196,7 +188,7 @@ def train(cfg: dict[str, Any], *, progress: bool = True, callbacks: Sequence[Any
         center.to(device)
         groups.append(center.param_group())
     tracker = CollapseTracker(model, probe.labels)
-    history = fit(model, make_loss(model, cfg, device, center), train_set, epochs=cfg["epochs"],
+    history = fit(model, make_loss(center), train_set, epochs=cfg["epochs"],
                   batch_size=cfg["batch_size"], optimizer=cfg["optimizer"], lr=cfg["lr"], momentum=0.9,
                   weight_decay=cfg["weight_decay"], schedule="cosine", param_groups=groups,
                   device=device, probe=probe.images, callbacks=[tracker, *callbacks],

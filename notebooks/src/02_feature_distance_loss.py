@@ -103,20 +103,14 @@ for name in fx.extra_datasets():
 
 # %%
 fig = vfdl.plot_overlap_vs_k(rows)
-overlap = {m: fx.summarize(rows, "iou_map")[m] for m in fx.METHODS}
-cam_overlap = {m: fx.summarize(rows, "iou_cam")[m] for m in fx.METHODS}
-mean_of = lambda stats: sum(v[0] for v in stats.values()) / len(stats)  # noqa: E731
-print(f"mean pairwise IoU of FDL-map regions: classical {mean_of(overlap['classical']):.3f}, "
-      f"FDL {mean_of(overlap['fdl']):.3f}")
-print(f"mean pairwise IoU of Grad-CAM regions: classical {mean_of(cam_overlap['classical']):.3f}, "
-      f"FDL {mean_of(cam_overlap['fdl']):.3f}")
-print("FDL members overlap less at every k (maps):",
-      all(overlap["fdl"][k][0] < overlap["classical"][k][0] for k in settings["ks"]))
-print("FDL members overlap less at every k (Grad-CAM):",
-      all(cam_overlap["fdl"][k][0] < cam_overlap["classical"][k][0] for k in settings["ks"]))
-for combiner in fx.COMBINERS:
-    stats = fx.summarize(rows, combiner)
-    wins = [k for k in settings["ks"] if stats["fdl"][k][0] > stats["classical"][k][0]]
+report = fx.overlap_report(rows)
+for metric, name in (("iou_map", "FDL-map regions"), ("iou_cam", "Grad-CAM regions")):
+    print(f"mean pairwise IoU of {name}: classical {report[metric]['classical']:.3f}, "
+          f"FDL {report[metric]['fdl']:.3f}; FDL overlaps less at every k: "
+          f"{report['less_overlap_every_k'][metric]}")
+print(f"Grad-CAMs with no above-mean region (left out of the IoU): classical "
+      f"{report['empty_cam']['classical']:.1%}, FDL {report['empty_cam']['fdl']:.1%}")
+for combiner, wins in report["fdl_wins_at"].items():
     print(f"FDL more accurate than classical ({combiner}) at k = {wins}")
 
 # %% [markdown]

@@ -228,16 +228,17 @@ fig, metrics = wid.explorer_figure(zoo, zoo.names[0], zoo.names[-1], "affine")
 # print the ones of *your* run.
 #
 # - **Closed form (E1).** With d ≥ C the map from the logit layers reproduced A's predictions on
-#   every test digit for all 56 pairs; into the 4-d network it kept only 29–74 % of them. It is
-#   an existence proof, not a model of B's features.
+#   every test digit for every pair whose target has d ≥ C; into the 4-d network it kept only
+#   about 30–75 % of them (heatmap, left). It is an existence proof, not a model of B's features.
 # - **Fitted maps (E2).** An affine map fitted on the training digits kept a median **0.984** of
 #   B's accuracy over 56 ordered pairs (a 1.6 % drop; the paper reports a median 1.9 % drop on
 #   ImageNet with far larger networks). Fitting on the test digits themselves gave 0.990, so
 #   over-fitting is small. Retention above 1 means A is the stronger network (VGG → MobileNet).
-# - **Controls.** The identity map between two seeds of one architecture kept 0.003: two runs do
-#   *not* share coordinates (B's head sends each digit cluster of A to some consistently wrong
-#   class), so the equivalence is up to a map. Shuffled correspondences gave 0.108, i.e. chance
-#   (0.106). An *untrained* LeNet-5's features, mapped, still kept 0.78: on MNIST, retention
+# - **Controls.** The identity map between two seeds of one architecture kept a median 0.003
+#   over its 8 pairs: two runs do *not* share coordinates, so the equivalence is up to a map.
+#   That it falls *below* chance (0.1, what a random relabelling of A's digit clusters would
+#   give) is something we have not explained; it is one median over 8 pairs. Shuffled
+#   correspondences gave 0.108, i.e. chance (0.106). An *untrained* LeNet-5's features, mapped, still kept 0.78: on MNIST, retention
 #   says "A's features can drive B's head", not "A and B learned the same thing".
 # - **Data and rank.** On the 12 cross-architecture pairs: OLS reached 0.94 with 100 pairs and
 #   0.97 with 300 (below N = 33 it is under-determined: 0.73 at N = 20, where ridge gives 0.82 and

@@ -288,8 +288,12 @@ def test_attention_iou_exact_values():
     torch.testing.assert_close(fdl.attention_iou(torch.stack([a, b])), torch.zeros(1))
     torch.testing.assert_close(fdl.attention_iou(torch.stack([a, b, c])),
                                torch.tensor([(0 + 4 / 12 + 4 / 12) / 3]))
-    # constant maps have empty regions: identical, IoU 1
-    torch.testing.assert_close(fdl.attention_iou(torch.ones(2, 3, 4, 4)), torch.ones(3))
+    # a constant map has no region: its pairs are left out, not counted as disjoint (IoU 0)
+    flat = torch.zeros(1, 4, 4)
+    torch.testing.assert_close(fdl.attention_iou(torch.stack([a, flat, c])),
+                               torch.tensor([4 / 12]))
+    assert torch.isnan(fdl.attention_iou(torch.ones(2, 3, 4, 4))).all()
+    assert fdl.empty_region_share(torch.stack([a, flat, c, flat])) == 0.5
     with pytest.raises(ValueError, match="M >= 2"):
         fdl.attention_iou(torch.ones(1, 3, 4, 4))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -32,12 +34,14 @@ def test_tiny_sweep_runs_caches_and_reloads(tiny, monkeypatch):
     rows = fx.fewshot_sweep(tiny, progress=False)
     assert [(r["method"], r["k"], r["seed"]) for r in rows] == [("classical", 3, 0), ("fdl", 3, 0)]
     for row in rows:
-        for key in (*fx.COMBINERS, "iou_map", "iou_cam"):
+        for key in (*fx.COMBINERS, "iou_map", "empty_cam"):
             assert 0.0 <= row[key] <= 1.0
+        # NaN only when no two members have a Grad-CAM region on any image
+        assert 0.0 <= row["iou_cam"] <= 1.0 or (math.isnan(row["iou_cam"]) and row["empty_cam"] > 0)
         assert 0.0 <= row["s_cos"] <= 1.0 + 1e-6  # one pair of members
     # cached: a second sweep must not train
     monkeypatch.setattr(fx, "_run", lambda cfg: pytest.fail("retrained a cached run"))
-    assert fx.fewshot_sweep(tiny, progress=False) == rows
+    assert repr(fx.fewshot_sweep(tiny, progress=False)) == repr(rows)  # NaN-safe equality
     # the stored weights are the trained members: re-scoring them reproduces the stored numbers
     result = fx.run_fewshot(tiny, k=3, seed=0, use_fdl=True)
     ensemble = fx.load_ensemble(result)
@@ -86,4 +90,18 @@ def test_cifar_members_have_the_papers_4x4_map(monkeypatch):
     monkeypatch.setenv("LABKIT_PROFILE", "lab")
     assert fx.extra_datasets() == ()
     lab_member = fx.member_factory((8, 16), 10, 1, 28, 64)()
-    assert lab_member.forward_all(torch.rand(1, 1, 28, 28)).feature_map.shape == (1, 16, 7, 7)
+    assert lab_member.forward_all(torch.rand(2, 1, 28, 28)).feature_map.shape == (2, 16, 7, 7)
+
+
+def test_overlap_report_on_hand_made_rows():
+    def row(method, k, seed, iou, acc):
+        base = {c: acc for c in fx.COMBINERS}
+        return {"method": method, "k": k, "seed": seed, "iou_map": iou, "iou_cam": iou / 2,
+                "empty_cam": 0.1 if method == "fdl" else 0.0, **base}
+    rows = [row("classical", 3, 0, 0.8, 0.70), row("classical", 5, 0, 0.6, 0.80),
+            row("fdl", 3, 0, 0.2, 0.75), row("fdl", 5, 0, 0.7, 0.78)]
+    report = fx.overlap_report(rows)
+    assert report["iou_map"] == {"classical": pytest.approx(0.7), "fdl": pytest.approx(0.45)}
+    assert report["less_overlap_every_k"] == {"iou_map": False, "iou_cam": False}  # k=5 overlaps more
+    assert report["empty_cam"]["fdl"] == pytest.approx(0.1)
+    assert all(wins == [3] for wins in report["fdl_wins_at"].values())

@@ -414,3 +414,27 @@ def test_open_set_report_native_vs_mapped():
     unmapped = ic.open_set_report(f_a, f_b, labels, ic.identity_map(8, torch.float64))
     assert unmapped["mapped"]["eer"] > rep["mapped"]["eer"] + 0.1
     assert unmapped["mapped"]["recall@1"] < rep["mapped"]["recall@1"]
+
+
+def test_reduced_rank_ridge_minimises_the_penalised_loss_among_rank_k_maps():
+    x, _, _, _ = _planted(n=120, d_src=8, seed=11)
+    y = x @ _randn(6, 8, seed=12).T + 0.5 * _randn(120, 6, seed=13)
+    alpha, k = 30.0, 2
+    ridge = ic.fit_map(x, y, "ridge", alpha=alpha)
+    assert torch.allclose(ic.fit_map(x, y, "reduced_rank", rank=6, alpha=alpha).weight,
+                          ridge.weight, atol=1e-10)
+    rrr = ic.fit_map(x, y, "reduced_rank", rank=k, alpha=alpha)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+
+    def loss(w):  # the centred ridge objective the map minimises over rank-k weights
+        return float(((xc @ w.T - yc) ** 2).sum() + alpha * (w ** 2).sum())
+
+    u, sv, vh = torch.linalg.svd(rrr.weight)
+    left, right = u[:, :k] * sv[:k], vh[:k]
+    for seed in range(5):
+        w = (left + 0.05 * _randn(6, k, seed=seed)) @ (right + 0.05 * _randn(k, 8, seed=seed + 3))
+        assert loss(rrr.weight) <= loss(w)
+    # projecting the ridge fit on its own fitted values' top-k subspace is strictly worse
+    _, _, vh = torch.linalg.svd(xc @ ridge.weight.T, full_matrices=False)
+    plain = (ridge.weight.T @ vh[:k].T @ vh[:k]).T
+    assert loss(rrr.weight) < loss(plain) - 1e-3
