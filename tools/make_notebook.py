@@ -59,14 +59,17 @@ def sync_prose(source: Path) -> Path:
     old_code = [c.source for c in notebook.cells if c.cell_type == "code"]
     new_code = [text for kind, text in cells if kind == "code"]
     if old_code != new_code:
-        changed = next(i for i, (a, b) in enumerate(zip(old_code + [""], new_code + [""])) if a != b)
+        padded = max(len(old_code), len(new_code))
+        old_code += [""] * (padded - len(old_code))
+        new_code += [""] * (padded - len(new_code))
+        changed = next(i for i, (a, b) in enumerate(zip(old_code, new_code, strict=True)) if a != b)
         raise SystemExit(f"{target}: code cell {changed} differs from {source}; rebuild and "
                          f"re-execute instead of --prose")
     code = iter(c for c in notebook.cells if c.cell_type == "code")
     old_prose = [c for c in notebook.cells if c.cell_type == "markdown"]
     new_prose = [text for kind, text in cells if kind == "markdown"]
     if len(old_prose) == len(new_prose):  # same cells, new text: keep their ids (small diffs)
-        for cell, text in zip(old_prose, new_prose):
+        for cell, text in zip(old_prose, new_prose, strict=True):
             cell.source = text
         prose = iter(old_prose)
     else:
