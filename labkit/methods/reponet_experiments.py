@@ -31,16 +31,19 @@ POLYTOPES = ("simplex", "cube", "orthoplex", "polygon")
 
 def recipe() -> dict[str, Any]:
     """The profile's training recipe: AdamW (lr 2e-3, decoupled weight decay 0.05), cosine
-    schedule. SGD with momentum at lr >= 0.02 diverged in the first steps of LeNet++ with a
-    fixed head here (unnormalised features, no BN on the feature layer); Adam did not.
+    schedule; in `lab`, the slim LeNet++ of `lenetpp_options` on all 4,000 training digits.
+    SGD with momentum at lr >= 0.02 diverged in the first steps of LeNet++ with a fixed head here
+    (unnormalised features, no BN on the feature layer); Adam did not. A 30-epoch SGD run
+    (lr 0.05, weight decay 5e-4) trained fine but left the class means further from their
+    vertices than AdamW (39 vs 26 degrees on average).
     """
     return config.pick(
         quick=dict(dataset="mnist5k", arch="lenetpp", train_per_class=12, probe_per_class=4,
                    test_per_class=10,
                    epochs=1, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=0.05),
-        lab=dict(dataset="mnist5k", arch="lenetpp", train_per_class=200, probe_per_class=30,
+        lab=dict(dataset="mnist5k", arch="lenetpp", train_per_class=None, probe_per_class=30,
                  test_per_class=None,
-                 epochs=6, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=0.05),
+                 epochs=10, batch_size=64, lr=2e-3, optimizer="adamw", weight_decay=0.05),
         full=dict(dataset="mnist", arch="lenetpp", train_per_class=None, probe_per_class=100,
                   test_per_class=None,
                   epochs=20, batch_size=128, lr=2e-3, optimizer="adamw", weight_decay=0.05),
@@ -53,7 +56,15 @@ def run_config(head: str, *, classes: int | Sequence[int] = 10, feat_dim: int | 
 
     classes: K (the first K classes) or explicit class ids. feat_dim defaults to the polytope's
     own d (learned/center heads need it). overrides: any recipe key (epochs, lr, dataset, arch,
-    train_per_class, ...), `lam`/`alpha` for Center Loss, `scale` for the margin variant.
+    train_per_class, ...), `lam`/`alpha` for Center Loss, `scale` and `margin_fraction` for the
+    margin variant (m = margin_fraction * phi; the default 0.5 is our choice, see below).
+
+    The margin: the CVPR-W paper sets it "at the maximum allowed (i.e. phi)". With the additive
+    angular margin (our reconstruction) m = phi is degenerate: a feature exactly on its vertex
+    then scores s cos(phi) for its class, the same as for its neighbours, so the loss can never
+    fall below that of a tie (a 4-epoch lab trial collapsed to 36.9% accuracy). Any m < phi is
+    satisfiable; m = phi / 2 pulled the class means to within 9 degrees of their vertices at the
+    learned classifier's accuracy in a 10-epoch lab run (m = phi / 4: 16 degrees).
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
@@ -72,7 +83,7 @@ def run_config(head: str, *, classes: int | Sequence[int] = 10, feat_dim: int | 
     arch = overrides.get("arch", recipe()["arch"])
     cfg = dict(recipe(), backbone=lenetpp_options() if arch == "lenetpp" else {},
                head=head, classes=ids, feat_dim=int(feat_dim), margin=bool(margin),
-               seed=int(seed), lam=0.01, alpha=0.5, scale=16.0, margin_fraction=1.0,
+               seed=int(seed), lam=0.01, alpha=0.5, scale=16.0, margin_fraction=0.5,
                neck_weight_decay=recipe()["weight_decay"])
     unknown = set(overrides) - set(cfg)
     if unknown:
@@ -235,11 +246,6 @@ def run_all(cfgs: Sequence[dict[str, Any]], *, progress: bool = True) -> list[di
 
 # ----------------------------------------------------------------------------- experiment sets
 
-def _pictures(overrides: dict[str, Any]) -> dict[str, Any]:
-    # the 2-D/3-D runs are for pictures: in the lab profile they train on fewer images
-    return {**config.pick(quick={}, lab={"train_per_class": 100, "epochs": 4}, full={}), **overrides}
-
-
 def planar_configs(seed: int = 0, **overrides: Any) -> list[dict[str, Any]]:
     """2-D features, all 10 classes: learned vs fixed regular 10-gon vs Center Loss."""
     return [run_config("learned", feat_dim=2, seed=seed, **overrides),
@@ -250,7 +256,6 @@ def planar_configs(seed: int = 0, **overrides: Any) -> list[dict[str, Any]]:
 def spatial_configs(seed: int = 0, baselines: bool = False, **overrides: Any) -> list[dict[str, Any]]:
     """3-D features: simplex (4 classes), orthoplex (6), cube (8); with `baselines`, learned and
     Center Loss on the 8 classes too (left out of the lab profile to save CPU time)."""
-    overrides = _pictures(overrides)
     cfgs = [run_config("simplex", classes=4, seed=seed, **overrides),
             run_config("orthoplex", classes=6, seed=seed, **overrides),
             run_config("cube", classes=8, seed=seed, **overrides)]
@@ -263,30 +268,31 @@ def spatial_configs(seed: int = 0, baselines: bool = False, **overrides: Any) ->
 def comparison_configs(seed: int = 0, hadamard: bool = False, margin: bool = False,
                        **overrides: Any) -> list[dict[str, Any]]:
     """All 10 classes, each polytope at its own d and a learned classifier at the same d; with
-    `margin` also the simplex with the maximal angular margin, with `hadamard` Hoffer's head."""
+    `margin` also each polytope with the angular margin, with `hadamard` Hoffer's head."""
     cfgs = []
     for kind in ("simplex", "orthoplex", "cube"):
         d = rp.polytope_dim(kind, 10)
         cfgs += [run_config("learned", feat_dim=d, seed=seed, **overrides),
                  run_config(kind, seed=seed, **overrides)]
-    if margin:
-        cfgs.append(run_config("simplex", margin=True, seed=seed, **overrides))
+        if margin:
+            cfgs.append(run_config(kind, margin=True, seed=seed, **overrides))
     if hadamard:
         cfgs.append(run_config("hadamard", seed=seed, **overrides))
     return cfgs
 
 
 def acceptance(results: Sequence[dict[str, Any]], max_gap: float = 1.0,
-               max_angle: float = 10.0) -> dict[str, Any]:
+               max_angle: float = 10.0, margin: bool = False) -> dict[str, Any]:
     """The issue's check: every fixed polytope within `max_gap` accuracy points of the learned
     classifier at the same d, and its test class means within `max_angle` degrees of their
-    vertices. Returns {"passed": bool, "rows": [...]} with the numbers behind it."""
+    vertices; for the plain (softmax) polytopes, or with `margin` for the margin variants.
+    Returns {"passed": bool, "rows": [...]} with the numbers behind it."""
     learned = {r["config"]["feat_dim"]: r for r in results
                if r["config"]["head"] == "learned" and not r["config"]["margin"]}
     rows = []
     for r in results:
-        if r["config"]["head"] not in POLYTOPES or r["config"]["margin"]:
-            continue  # the check is about the plain (softmax) fixed classifiers
+        if r["config"]["head"] not in POLYTOPES or r["config"]["margin"] != margin:
+            continue
         d = r["config"]["feat_dim"]
         if d not in learned:
             raise ValueError(f"no learned run with feat_dim={d} to compare {r['label']} with")
@@ -297,7 +303,7 @@ def acceptance(results: Sequence[dict[str, Any]], max_gap: float = 1.0,
                      "max_angle_to_vertex": angle,
                      "passed": bool(gap <= max_gap and angle <= max_angle)})
     if not rows:
-        raise ValueError("no fixed-polytope runs among the results")
+        raise ValueError(f"no {'margin' if margin else 'plain'} fixed-polytope runs among the results")
     return {"passed": all(row["passed"] for row in rows), "rows": rows}
 
 

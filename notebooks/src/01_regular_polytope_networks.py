@@ -107,16 +107,18 @@ _ = vr.feature_panels(spatial, ncols=3)
 # ## Experiment 3: all 10 classes, each polytope at its own d
 #
 # Simplex d = 9, orthoplex d = 5, cube d = 4 (16 outputs, 6 spare), each against a learned
-# classifier at the same d. Same seed, data and recipe for every run (AdamW, cosine schedule;
-# see the settings printed at the top; 200 training images per class, all 1,000 test digits).
+# classifier at the same d, with plain softmax and with the CVPR-W paper's angular margin
+# ("Margin-RePoNet"). Same seed, data and recipe for every run (AdamW, cosine schedule; see the
+# settings printed at the top; all 4,000 training and 1,000 test digits).
 #
-# The CVPR-W "Margin-RePoNet" (additive angular margin m = φ; its ArcFace form and scale s = 16
-# are our reconstruction) is left out of this table: in a 4-epoch lab trial on 100 images per
-# class the simplex with m = φ = 96.4° collapsed (36.9% test accuracy, class means 1.4° apart).
-# It is in `rx.comparison_configs(margin=True)` and in the training panel below.
+# The margin, reconstructed: an additive angular margin (ArcFace form) on the normalised feature,
+# scale s = 16, m = φ/2. The paper's "maximum allowed (i.e. φ)" is degenerate in this form: a
+# feature exactly on its vertex then scores s·cos φ for its own class, the same as for its
+# neighbours, so no feature can ever be classified with margin (a 4-epoch trial with m = φ
+# collapsed to 36.9% accuracy); m = φ/2 is our choice (m = φ/4 left the means 16° off).
 
 # %%
-comparison = rx.run_all(rx.comparison_configs(seed=0))
+comparison = rx.run_all(rx.comparison_configs(seed=0, margin=True))
 print(rx.format_table(rx.summary_rows(comparison)))
 
 # %% [markdown]
@@ -126,12 +128,15 @@ print(rx.format_table(rx.summary_rows(comparison)))
 # the test features. Parameter counts are for the head (Center Loss adds its centres).
 #
 # **The acceptance check.** Every fixed polytope within 1 accuracy point of the learned
-# classifier at the same d, and all its test class means within 10° of their vertices:
+# classifier at the same d, and all its test class means within 10° of their vertices, first
+# with plain softmax (the papers' main claim), then with the margin:
 
 # %%
-check = rx.acceptance(comparison)
-print(rx.format_table(check["rows"]))
-print("every fixed polytope within 1 point and 10°:", check["passed"])
+for margin in (False, True):
+    check = rx.acceptance(comparison, margin=margin)
+    print(rx.format_table(check["rows"]))
+    print(f"every fixed polytope ({'margin' if margin else 'plain softmax'}) within 1 point and "
+          f"10°: {check['passed']}\n")
 
 # %%
 _ = vr.alignment_bars(comparison)
@@ -152,7 +157,7 @@ _ = vr.collapse_curves(comparison)
 # ## Try it: train with these settings
 #
 # Pick a classifier, number of classes, feature dimension (0 = the polytope's own), loss
-# (softmax, the maximal angular margin, or Center Loss with a learned head) and epochs; the
+# (softmax, the angular margin m = φ/2, or Center Loss with a learned head) and epochs; the
 # probe features are redrawn after every epoch (needs a live kernel; impossible combinations
 # are reported, not trained).
 
@@ -162,19 +167,33 @@ wr.train_panel()
 # %% [markdown]
 # ## What we saw, and what to try next
 #
-# - Accuracy: read the table above; the numbers are single runs (seed 0) on 200 training images
-#   per class and 1,000 test digits, so a 1-point gap is about 10 test images.
-# - The vertices fix the separation: the minimum angle between class *directions* is φ by
-#   construction, while a learned head makes no promise.
-# - Compactness around the vertex is not automatic with plain softmax: the loss can fall by
-#   growing ‖f‖ instead of turning f onto w_k, so class means sit tens of degrees from their
-#   vertex while being classified correctly. Training longer did not fix it here: the simplex
-#   d = 9 run for 24 epochs instead of 6 (same data and seed, outside this notebook) reached
-#   98.0% test accuracy and a training loss of 0.001, yet its worst class mean was still 45.8°
-#   from its vertex (mean 32.2°). The learned head shows the same gap to its own weight rows. The margin variant is meant to
-#   pull features onto the vertex, but needs a gentler recipe than ours (see above).
+# Numbers below are from the stored `lab` run (seed 0, one run per head, 2-core CPU); the
+# tables above print those of *your* run.
+#
+# - **Accuracy: reproduced.** Every fixed polytope, with or without the margin, is within
+#   1 point of the learned classifier at the same d (here 97.0–99.0% against 97.7–98.3%; a
+#   point is 10 test digits, so single-seed differences of this size are noise).
+# - **Separation: by construction.** The minimum angle between class *directions* is φ before
+#   training starts; a learned head makes no such promise. Between class *means* the simplex
+#   keeps the widest gap (66°, 87° with the margin, against 57° for the learned d = 9 head);
+#   the cube, whose φ = 60° is the smallest by design, keeps less than its learned rival.
+# - **Compactness around the vertex with plain softmax: not reproduced.** The plain simplex's
+#   worst class mean sits 35° from its vertex, the orthoplex's 16°, only the cube's (9°) is
+#   within 10°. The loss falls by growing ‖f‖ once a feature is on the right side of its
+#   neighbours, so nothing pulls it onto w_k. Longer or different training did not change this
+#   (outside this notebook, same data and seed): the simplex for 30 epochs with AdamW reached
+#   99.0% and a training loss of 0.0004 with class means still 26° off on average (33° worst,
+#   train and test alike); 30 epochs of SGD (lr 0.05, weight decay 5e-4) left them 39° off.
+# - **With the margin (CVPR-W), reproduced.** The angular margin m = φ/2 pulls every class mean
+#   to within 10° of its vertex (simplex 8.8°, orthoplex 6.4°, cube 1.4°) at no cost in accuracy
+#   and with a smaller spread: "maximally compact" needs the margin, as the CVPR-W paper's title
+#   says, not the fixed classifier alone. The margin's form and size are our reconstruction.
+# - **Parameters.** The fixed heads train nothing (0 vs 40–90 weights here), which is tiny next
+#   to the slim LeNet++; the saving matters for wide heads (spec §2: 2.03M parameters for a
+#   d-Cube head on ImageNet).
 # - `full` profile (`LABKIT_PROFILE=full`): the same runs on the complete MNIST (after
 #   downloading it; pass `dataset="cifar10", arch="resnet20"` to `rx.run_config` for CIFAR),
 #   20 epochs; GPU recommended.
-# - Try: more epochs, several seeds, `rx.comparison_configs(hadamard=True)` for Hoffer's fixed
-#   Hadamard head, or the margin on the cube.
+# - Try: several seeds, `rx.comparison_configs(hadamard=True)` for Hoffer's fixed Hadamard
+#   head, or `margin_fraction=0.25` / `0.75` in `rx.run_config` to see compactness follow the
+#   margin (0.25 left the simplex's means 16° off in a trial run).

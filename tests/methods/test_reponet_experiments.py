@@ -51,7 +51,10 @@ def test_quick_center_and_margin_runs():
     center = rx.train(rx.run_config("center", classes=3, feat_dim=2), progress=False)
     assert center["head_params"]["trainable"] == 2 * 3 + 3 * 2  # linear head + centres
     margin = rx.train(rx.run_config("orthoplex", classes=4, margin=True), progress=False)
-    assert margin["model"].head.margin == pytest.approx(torch.pi / 2)
+    # default m = phi / 2 (m = phi itself is degenerate, see run_config); orthoplex phi = 90 deg
+    assert margin["model"].head.margin == pytest.approx(torch.pi / 4)
+    full = rx.run_config("orthoplex", classes=4, margin=True, margin_fraction=1.0, epochs=0)
+    assert rx.make_head(full).margin == pytest.approx(torch.pi / 2)
 
 
 def test_run_is_cached():
@@ -62,8 +65,8 @@ def test_run_is_cached():
     assert torch.equal(first["test_features"], second["test_features"])
 
 
-def fake(label, head, d, acc, angles):
-    return {"config": {"head": head, "feat_dim": d, "margin": False}, "label": label,
+def fake(label, head, d, acc, angles, margin=False):
+    return {"config": {"head": head, "feat_dim": d, "margin": margin}, "label": label,
             "accuracy": acc, "angle_to_direction": torch.tensor(angles)}
 
 
@@ -81,6 +84,12 @@ def test_acceptance_logic():
     assert rx.acceptance(results)["passed"] is False
     with pytest.raises(ValueError, match="no learned run"):
         rx.acceptance(results[1:2])
+    # the margin variants are checked separately, against the same learned runs
+    with pytest.raises(ValueError, match="no margin"):
+        rx.acceptance(results, margin=True)
+    results.append(fake("simplex+margin d=9", "simplex", 9, 0.981, [4.0], margin=True))
+    check = rx.acceptance(results, margin=True)
+    assert [row["run"] for row in check["rows"]] == ["simplex+margin d=9"] and check["passed"]
 
 
 def test_format_table():
@@ -96,5 +105,5 @@ def test_experiment_sets():
         ("simplex", 4, 3), ("orthoplex", 6, 3), ("cube", 8, 3), ("learned", 8, 3), ("center", 8, 3)]
     comparison = rx.comparison_configs(margin=True, hadamard=True)
     assert [rx.label(c) for c in comparison] == [
-        "learned d=9", "simplex d=9", "learned d=5", "orthoplex d=5", "learned d=4", "cube d=4",
-        "simplex+margin d=9", "hadamard d=16"]
+        "learned d=9", "simplex d=9", "simplex+margin d=9", "learned d=5", "orthoplex d=5",
+        "orthoplex+margin d=5", "learned d=4", "cube d=4", "cube+margin d=4", "hadamard d=16"]
