@@ -4,9 +4,10 @@ Three comparisons, each a ratio of medians over interleaved repetitions (shared 
 noisy, so both sides of a ratio see the same load):
 
 1. transport forward + backward on costs (B, K, n) = (64, 64, 49), μ = 0.3, γ = 5: our solver
-   (scalar fixed point in the log domain, stopped at convergence) against a plain 100-step
-   solver written like the authors' (β-domain, fixed iterations), both with the same
-   closed-form backward; plus the largest difference between the two plans.
+   (Newton on the scalar equation in the log domain, stopped at convergence) against a plain
+   100-step solver written like the authors' (β-domain fixed point, fixed iterations), both with
+   the same closed-form backward and the same upstream gradients (no loss arithmetic timed);
+   plus the largest difference between the two plans.
 2. the implicit backward against autograd through the unrolled iterations: backward time and
    bytes saved for backward (counted with ``torch.autograd.graph.saved_tensors_hooks``, each
    storage once). "unrolled" runs the iterations our forward runs; "unrolled-100" runs the
@@ -226,7 +227,7 @@ def _report(res: dict[str, float], device: torch.device) -> str:
              f"run, medians of interleaved repeats)"]
     if "transport_speedup" in res:
         lines += [
-            f"  fixed point stops after {res['iterations']:.0f} iterations (plain solver: 100)",
+            f"  Newton solve stops after {res['iterations']:.0f} iterations (plain solver: 100)",
             f"  transport fwd+bwd : ours {res['transport_ms_ours']:.3f} ms | plain-100 "
             f"{res['transport_ms_plain100']:.3f} ms | speed-up {res['transport_speedup']:.2f}x"
             f" (target >= 3x); plan max diff {res['plan_max_diff']:.1e} (target <= 1e-6)",

@@ -113,5 +113,8 @@ def test_sweep_and_geometry_run():
 def test_step_cost_reports_all_variants():
     cost = X.step_cost(steps=2, repeats=2)
     assert set(cost) == {"baseline_ms", "apfs_ms", "apfs+mining_ms", "apfs/baseline",
-                         "apfs+mining/baseline"}
+                         "apfs+mining/baseline", "apfs/baseline (median block)",
+                         "apfs+mining/baseline (median block)"}
     assert all(v > 0 for v in cost.values())
+    # total/total: the ratio of the mean block times
+    assert cost["apfs/baseline"] == pytest.approx(cost["apfs_ms"] / cost["baseline_ms"])
