@@ -94,8 +94,8 @@ def _solve_log_beta(log_s: torch.Tensor, mu: float, iters: int, tol: float,
     F(β) = Σ_i β s_i / (1 + β s_i) - μ n, which is concave and increasing in β: its tangent lies
     above it, so every Newton step lands at or left of the root, and from the left the steps
     climb to it monotonically and quadratically (1-11 steps for μ <= 0.999 and γ <= 50 in our
-    checks, where the authors' fixed
-    point β ← μ / Σ ρ_i s_i needs tens to hundreds as μ -> 1). In u: u ← u + log(1 - F / D),
+    checks, where the authors' fixed point β ← μ / Σ ρ_i s_i needs tens to hundreds as
+    μ -> 1). In u: u ← u + log(1 - F / D),
     D = β F'(β) = Σ σ_i (1 - σ_i); the factor is kept >= 1/2 (halving β) in case a step from
     far right would cross 0. The mass error |log Σσ - log μn| <= ``tol`` is checked every
     ``check_every`` steps only, so on a GPU the loop syncs with the host rarely.
