@@ -90,12 +90,12 @@ def _kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk: int 
         train = train.sort().values.to(x.device)
     num_train = len(x) if train is None else len(train)
 
-    def rows(i: int) -> torch.Tensor:
-        index = slice(i, i + chunk) if train is None else train[i:i + chunk]
+    def rows(index: slice | torch.Tensor) -> torch.Tensor:
         block = x[index]
-        if row_scale is not None:
-            block = block * row_scale[index, None]
-        return block
+        return block if row_scale is None else block * row_scale[index, None]
+
+    def train_rows(i: int) -> torch.Tensor:
+        return rows(slice(i, i + chunk) if train is None else train[i:i + chunk])
 
     def assign_block(block: torch.Tensor, centroids: torch.Tensor,
                      neg_half_norms: torch.Tensor) -> torch.Tensor:
@@ -103,10 +103,7 @@ def _kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk: int 
         return _matmul_t(block, centroids).add_(neg_half_norms).argmax(1)
 
     first = torch.randperm(num_train, generator=generator)[:k].to(x.device)
-    picked = first if train is None else train[first]
-    centroids = x[picked].clone()
-    if row_scale is not None:
-        centroids *= row_scale[picked, None]
+    centroids = rows(first if train is None else train[first]).clone()
     previous = torch.full((num_train,), -1, dtype=torch.long, device=x.device)
     for _ in range(iters):
         neg_half_norms = -0.5 * (centroids * centroids).sum(1)
@@ -114,7 +111,7 @@ def _kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk: int 
         counts = torch.zeros(k, dtype=torch.long, device=x.device)
         changed = torch.zeros((), dtype=torch.long, device=x.device)
         for i in range(0, num_train, chunk):
-            block = rows(i)
+            block = train_rows(i)
             assign = assign_block(block, centroids, neg_half_norms)
             changed += (assign != previous[i:i + chunk]).sum()
             previous[i:i + chunk] = assign
@@ -129,8 +126,7 @@ def _kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk: int 
     neg_half_norms = -0.5 * (centroids * centroids).sum(1)
     assign = torch.empty(len(x), dtype=torch.long, device=x.device)
     for i in range(0, len(x), chunk):
-        block = x[i:i + chunk] if row_scale is None else x[i:i + chunk] * row_scale[i:i + chunk, None]
-        assign[i:i + chunk] = assign_block(block, centroids, neg_half_norms)
+        assign[i:i + chunk] = assign_block(rows(slice(i, i + chunk)), centroids, neg_half_norms)
     return assign
 
 

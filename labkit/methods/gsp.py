@@ -136,14 +136,12 @@ def _kernel(costs: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tens
     """
     lo, hi = torch.aminmax(costs.detach())  # a constant shift: ℓ does not depend on it
     if gamma * float(hi - lo) <= -0.9 * math.log(torch.finfo(costs.dtype).tiny):
-        m = lo
-        e = torch.add(lo * gamma, costs, alpha=-gamma).exp_()
-        return e, (s := e.sum(dim=1)), s.log() - gamma * m
-    m = costs.amin(dim=1, keepdim=True)
+        m = lo.reshape(1, 1, 1)
+    else:
+        m = costs.detach().amin(dim=1, keepdim=True)
     e = torch.add(m * gamma, costs, alpha=-gamma).exp_()  # γ(m - c) in one pass
     s = e.sum(dim=1)
-    log_s = s.log() - gamma * m.squeeze(1)
-    return e, s, log_s
+    return e, s, s.log() - gamma * m.squeeze(1)
 
 
 def _transport(costs: torch.Tensor, mu: float, gamma: float, iters: int, tol: float,

@@ -80,11 +80,12 @@ def run_config(head: str, *, classes: int | Sequence[int] = 10, feat_dim: int | 
         raise ValueError(f"a {head} head needs feat_dim >= 1, got {feat_dim}")
     if margin and head not in POLYTOPES:
         raise ValueError(f"the angular margin applies to fixed polytopes, not to {head!r}")
-    arch = overrides.get("arch", recipe()["arch"])
-    cfg = dict(recipe(), backbone=lenetpp_options() if arch == "lenetpp" else {},
+    base = recipe()
+    arch = overrides.get("arch", base["arch"])
+    cfg = dict(base, backbone=lenetpp_options() if arch == "lenetpp" else {},
                head=head, classes=ids, feat_dim=int(feat_dim), margin=bool(margin),
                seed=int(seed), lam=0.01, alpha=0.5, scale=16.0, margin_fraction=0.5,
-               neck_weight_decay=recipe()["weight_decay"])
+               neck_weight_decay=base["weight_decay"])
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(cfg)}")

@@ -128,6 +128,16 @@ def test_kmeans_recovers_planted_blobs():
     assert torch.equal(torch.cdist(x, centroids).argmin(1), assign)
 
 
+def test_kmeans_early_stop_is_the_fixed_point_and_row_scale_is_a_scaling():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 6, generator=g)
+    # stopping when no assignment changes gives what running many more iterations gives
+    assert torch.equal(kmeans(x, 7, iters=20, seed=1), kmeans(x, 7, iters=500, seed=1))
+    scale = torch.rand(400, generator=g) + 0.5
+    assert torch.equal(evaluate._kmeans(x, 7, seed=1, row_scale=scale),
+                       kmeans(x * scale[:, None], 7, seed=1))
+
+
 def test_kmeans_never_loses_a_cluster():
     # random init can leave a centroid with no points; it must be re-seeded, not dropped
     for seed in range(12):
