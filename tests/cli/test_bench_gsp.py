@@ -24,7 +24,8 @@ def test_bench_smoke(capsys):
     out = capsys.readouterr().out
     assert "speed-up" in out and "share" in out
     for key in ("transport_speedup", "backward_speedup_vs_unrolled", "memory_ratio_vs_unrolled",
-                "memory_ratio_vs_authors100", "layer_share_of_resnet_step", "plan_max_diff"):
+                "memory_ratio_vs_authors100", "backward_speedup_vs_authorsconverged",
+                "layer_share_of_resnet_step", "plan_max_diff"):
         assert math.isfinite(res[key]) and res[key] >= 0
     assert res["plan_max_diff"] < 1e-5
     # the implicit backward keeps only the outputs, the unrolled 100-step loop much more

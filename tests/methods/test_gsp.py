@@ -115,6 +115,26 @@ def test_selection_keeps_the_cheap_features():
     assert w[n // 2:].max() < 1e-6
 
 
+@pytest.mark.parametrize(("dtype", "offset"), [(torch.float32, 12.0), (torch.float64, 100.0)])
+def test_plan_ignores_a_constant_added_to_every_cost(dtype, offset):
+    # β absorbs exp(γ offset), so the plan and its gradient are unchanged; the offset pushes the
+    # unshifted kernel sums below sqrt(tiny), so this pits the shifted path against the
+    # unshifted one.
+    c = 2.0 * torch.rand(3, 8, 10, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    c = (c * 256).round() / 256  # so that c + offset is exact in float32 too
+    grads = []
+    for costs in (c.clone(), c + offset):
+        costs.requires_grad_(True)
+        rho, pi = gsp_transport(costs, 0.3, 5.0)
+        (rho.square().sum() + pi.sin().sum()).backward()
+        grads.append((rho.detach(), pi.detach(), costs.grad))
+    # float32: γ (c + offset) ~ 70 carries ~4e-6 absolute rounding into every exponent, and
+    # the gradient is a difference of such terms
+    tol = 5e-4 if dtype == torch.float32 else 1e-10
+    for a, b in zip(*grads, strict=True):
+        assert (a - b).abs().max() <= tol * a.abs().max()
+
+
 @pytest.mark.parametrize("gamma", [0.1, 1.0, 5.0, 20.0, 50.0])
 @pytest.mark.parametrize("backward", ["implicit", "unrolled"])
 def test_finite_for_costs_in_0_2(gamma, backward):
