@@ -308,7 +308,7 @@ def _geometry_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     config.seed_everything(int(cfg["seed"]))
     train, _ = _split("mnist5k", 28)
     train = train.k_per_class(int(cfg["per_class"]), seed=int(cfg["seed"]))
-    model = Network(TinyTrunk(1, tuple(cfg["widths"])), FlattenLinear(64 * 16, 2), head=None)
+    model = build_model({"arch": "tiny", "widths": cfg["widths"], "dim": 2}, 1, 28)
     t = int(cfg["lifetime"])
     sampler = RepresentativeBatchSampler(train.labels, train.num_classes,
                                          int(cfg["samples_per_class"]), t,

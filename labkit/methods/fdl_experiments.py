@@ -160,6 +160,7 @@ def _test_pass(ensemble: fdl.FDLEnsemble, images: torch.Tensor, labels: torch.Te
                batch_size: int = 500) -> dict[str, float]:
     """Accuracies of the voting combiners and the map overlap, from one forward pass."""
     device = next(ensemble.parameters()).device
+    was_training = ensemble.training
     ensemble.eval()
     logits, descs, s_cos, s_euc = [], [], [], []
     for start in range(0, images.shape[0], batch_size):
@@ -170,6 +171,7 @@ def _test_pass(ensemble: fdl.FDLEnsemble, images: torch.Tensor, labels: torch.Te
         sims = fdl.fdl_similarity_terms(maps)
         s_cos.append(sims[0].cpu())
         s_euc.append(sims[1].cpu())
+    ensemble.train(was_training)
     member_logits, labels = torch.cat(logits, dim=1), labels.cpu()
     correct = (member_logits.argmax(-1) == labels).float().mean(dim=1)
     out = {f"member_{m}": float(a) for m, a in enumerate(correct)}
@@ -334,8 +336,8 @@ def load_ensemble(result: dict[str, Any]) -> fdl.FDLEnsemble:
     """Rebuild a cached run's ensemble (as trained, before fusion fine-tuning), in eval mode."""
     cfg = result["config"]
     shape = _image_shape(cfg["dataset"])
-    factory = member_factory(cfg["widths"], 10 if cfg["dataset"] != "cifar100" else 100, shape[0],
-                             shape[1], cfg["feat_dim"])
+    num_classes = result["state_dict"]["members.0.head.weight"].shape[0]  # as trained
+    factory = member_factory(cfg["widths"], num_classes, shape[0], shape[1], cfg["feat_dim"])
     ensemble = fdl.FDLEnsemble(fdl.make_members(factory, cfg["members"], seed=cfg["seed"]))
     ensemble.load_state_dict(result["state_dict"])
     return ensemble.eval()

@@ -305,7 +305,9 @@ def _costs(f: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     layout keeps every reduction over d contiguous (no strided norms, no copies for matmul).
     """
     sq_norm = f.square().sum(-1)  # (B, n)
-    scale = 1.0 / sq_norm.sqrt().clamp_min(1.0)
+    # 1 / max(1, ‖f‖), clamped before the root: a feature at exactly 0 (a map cell that is 0
+    # after ReLU in every channel) would otherwise give sqrt'(0) = inf times clamp's 0 = NaN
+    scale = sq_norm.clamp_min(1.0).rsqrt()
     w = unit_ball(prototypes)
     dots = torch.matmul(f, w.T)  # (B, n, K)
     sq = (w.square().sum(-1) + (sq_norm * scale.square()).unsqueeze(-1)

@@ -101,7 +101,7 @@ def profile_settings() -> dict[str, Any]:
                    test_per_class=30, lr=1e-3, losses=("contrastive",), seeds=(0,)),
         lab=dict(dataset="mnist5k", arch="vgg", widths=(8, 16, 32), dim=64, num_prototypes=16,
                  epochs=2, batches_per_epoch=40, m=8, classes_per_batch=4, train_per_class=None,
-                 test_per_class=None, lr=1e-3, losses=LOSSES, seeds=(0,)),
+                 test_per_class=None, lr=1e-3, losses=LOSSES, seeds=(0, 1, 2)),
         full=dict(dataset="cifar100", arch="resnet18", widths=None, dim=512, num_prototypes=64,
                   epochs=40, batches_per_epoch=200, m=4, classes_per_batch=32,
                   train_per_class=None, test_per_class=None, lr=1e-4, losses=LOSSES,

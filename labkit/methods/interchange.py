@@ -14,7 +14,7 @@ This module holds the method's pure pieces (see shared/methods/03_embedding_inte
 * measures: `r2_score`, `mapped_accuracy`, `retention`, `linear_cka`, `cca_correlations` /
   `mean_cca` / `svcca`, `procrustes_distance`;
 * open-set verification and retrieval: `pair_scores`, `roc`, `tar_at_far`, `equal_error_rate`,
-  `verification_metrics`, `recall_at_1`, `open_set_report`.
+  `verification_metrics`, `roc_metrics`, `recall_at_1`, `score_protocol`, `open_set_report`.
 
 Where the paper's text was unavailable, the spec reconstructs details (the closed-form map's
 notation, the fitting objective, the open-set protocol); docstrings say UNVERIFIED there.
@@ -57,6 +57,8 @@ __all__ = [
     "tar_at_far",
     "equal_error_rate",
     "verification_metrics",
+    "roc_metrics",
+    "score_protocol",
     "recall_at_1",
     "open_set_report",
 ]
@@ -560,9 +562,15 @@ def equal_error_rate(far: np.ndarray, tar: np.ndarray) -> float:
 def verification_metrics(scores: Any, genuine: Any,
                          fars: Sequence[float] = (1e-2, 1e-3)) -> dict[str, float]:
     """AUC, EER and TAR at each FAR in `fars` (keys "auc", "eer", "tar@far=0.01", ...)."""
+    far, tar, _ = roc(scores, genuine)
+    return roc_metrics(far, tar, fars)
+
+
+def roc_metrics(far: np.ndarray, tar: np.ndarray,
+                fars: Sequence[float] = (1e-2, 1e-3)) -> dict[str, float]:
+    """`verification_metrics` from an ROC already computed by `roc`."""
     from sklearn.metrics import auc
 
-    far, tar, _ = roc(scores, genuine)
     out = {"auc": float(auc(far, tar)), "eer": equal_error_rate(far, tar)}
     for f in fars:
         out[f"tar@far={f:g}"] = tar_at_far(far, tar, f)
@@ -588,22 +596,30 @@ def recall_at_1(probes: Any, probe_labels: Any, gallery: Any, gallery_labels: An
     return float((lg[sims.argmax(1)] == lp).double().mean())
 
 
+def score_protocol(probes: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor,
+                   fars: Sequence[float] = (1e-2, 1e-3)
+                   ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """One open-set protocol: probes (N, d) against gallery (N, d), both of the same N images
+    with `labels` (N,); every pair of distinct images is a trial. Returns the
+    `verification_metrics` plus "recall@1", and the ROC (far, tar) they come from."""
+    scores, genuine = pair_scores(probes, gallery, labels, labels, exclude_diagonal=True)
+    far, tar, _ = roc(scores, genuine)
+    metrics = roc_metrics(far, tar, fars)
+    metrics["recall@1"] = recall_at_1(probes, labels, gallery, labels, exclude_diagonal=True)
+    return metrics, far, tar
+
+
 def open_set_report(src: Any, dst: Any, labels: Any, emb_map: Callable[[torch.Tensor], torch.Tensor],
                     fars: Sequence[float] = (1e-2, 1e-3)) -> dict[str, dict[str, float]]:
     """Verification and rank-1 retrieval on unseen classes, native vs mapped.
 
     src (N, d_A) and dst (N, d_B) embed the same N test images of classes never seen in training
-    (nor by the map's fit); labels (N,). Three protocols, each over all pairs of distinct images:
-    "native_src" (A vs A), "native_dst" (B vs B) and "mapped" (probes M f_A(x), gallery f_B(y)).
+    (nor by the map's fit); labels (N,). Three protocols (`score_protocol`): "native_src"
+    (A vs A), "native_dst" (B vs B) and "mapped" (probes M f_A(x), gallery f_B(y)).
     """
     src, dst = _paired(src, dst)
     labels = _labels(labels, src.shape[0], "labels")
     mapped = emb_map(src)
-    report = {}
-    for name, probes, gallery in (("native_src", src, src), ("native_dst", dst, dst),
-                                  ("mapped", mapped, dst)):
-        scores, genuine = pair_scores(probes, gallery, labels, labels, exclude_diagonal=True)
-        metrics = verification_metrics(scores, genuine, fars)
-        metrics["recall@1"] = recall_at_1(probes, labels, gallery, labels, exclude_diagonal=True)
-        report[name] = metrics
-    return report
+    return {name: score_protocol(probes, gallery, labels, fars)[0]
+            for name, probes, gallery in (("native_src", src, src), ("native_dst", dst, dst),
+                                          ("mapped", mapped, dst))}

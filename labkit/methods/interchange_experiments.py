@@ -650,36 +650,22 @@ def open_set_results(zoo: Zoo, method: str = "affine", *, normalize: bool = True
     native, curves = {}, {}
     for m in zoo.members:
         test = prep(m.test_emb)
-        scores, genuine = ic.pair_scores(test, test, labels, labels, exclude_diagonal=True)
-        far, tar, _ = ic.roc(scores, genuine)
-        native[m.name] = {**_metrics_from_roc(far, tar, fars),
-                          "recall@1": ic.recall_at_1(test, labels, test, labels, exclude_diagonal=True)}
+        native[m.name], far, tar = ic.score_protocol(test, test, labels, fars)
         curves[f"{m.name} native"] = roc_on_grid(far, tar, grid)
     pairs = []
     for src, dst in permutations(zoo.names, 2):
         a, b = zoo.member(src), zoo.member(dst)
         emb_map = ic.fit_map(prep(a.train_emb), prep(b.train_emb), method, **options)
-        probes, gallery = emb_map(prep(a.test_emb)), prep(b.test_emb)
-        scores, genuine = ic.pair_scores(probes, gallery, labels, labels, exclude_diagonal=True)
-        far, tar, _ = ic.roc(scores, genuine)
-        row = {"source": src, "target": dst, **_metrics_from_roc(far, tar, fars),
-               "recall@1": ic.recall_at_1(probes, labels, gallery, labels, exclude_diagonal=True)}
-        pairs.append(row)
+        metrics, far, tar = ic.score_protocol(emb_map(prep(a.test_emb)), prep(b.test_emb),
+                                              labels, fars)
+        pairs.append({"source": src, "target": dst, **metrics})
         curves[f"{src} -> {dst} mapped"] = roc_on_grid(far, tar, grid)
     src, dst = list(permutations(zoo.names, 2))[controls_pair]
     a, b = zoo.member(src), zoo.member(dst)
     shuffled = ic.shuffled_fit(prep(a.train_emb), prep(b.train_emb), method, **options)
-    scores, genuine = ic.pair_scores(shuffled(prep(a.test_emb)), prep(b.test_emb), labels, labels,
-                                     exclude_diagonal=True)
-    far, tar, _ = ic.roc(scores, genuine)
-    control = {"source": src, "target": dst, **_metrics_from_roc(far, tar, fars)}
+    metrics, far, tar = ic.score_protocol(shuffled(prep(a.test_emb)), prep(b.test_emb), labels,
+                                          fars)
+    control = {"source": src, "target": dst, **metrics}
     curves[f"{src} -> {dst} shuffled control"] = roc_on_grid(far, tar, grid)
     return {"native": native, "pairs": pairs, "shuffled_control": control, "grid": grid,
             "curves": curves, "n_unseen": int(len(labels)), "fars": tuple(fars)}
-
-
-def _metrics_from_roc(far: np.ndarray, tar: np.ndarray, fars: Sequence[float]) -> dict[str, float]:
-    out = {"eer": ic.equal_error_rate(far, tar)}
-    for f in fars:
-        out[f"tar@far={f:g}"] = ic.tar_at_far(far, tar, f)
-    return out

@@ -185,13 +185,14 @@ print(f"linear CKA ranges {min(r['cka'] for r in rows):.2f}-{max(r['cka'] for r 
 # %%
 open_zoo = ex.build_open_set_zoo(settings)
 open_res = ex.open_set_results(open_zoo)
-src, dst = open_zoo.names[0], open_zoo.names[-1]
+c = open_res["shuffled_control"]
+src, dst = c["source"], c["target"]  # the pair the shuffled control was fitted for
 fig, ax = plt.subplots(figsize=(6, 4.2))
 viz.plot_roc({f"{dst} native": (open_res["grid"], open_res["curves"][f"{dst} native"]),
               f"{src} native": (open_res["grid"], open_res["curves"][f"{src} native"]),
               f"{src} → {dst} mapped": (open_res["grid"], open_res["curves"][f"{src} -> {dst} mapped"]),
-              "shuffled-map control": (open_res["grid"],
-                                       open_res["curves"][f"{open_zoo.names[0]} -> {open_zoo.names[1]} shuffled control"])},
+              f"{src} → {dst} shuffled-map control": (
+                  open_res["grid"], open_res["curves"][f"{src} -> {dst} shuffled control"])},
              ax=ax, title=f"unseen digits, {open_res['n_unseen']} images")
 print(f"{'':>28} {'EER':>6} {'TAR@1e-2':>9} {'TAR@1e-3':>9} {'R@1':>6}")
 for name, r in open_res["native"].items():
@@ -199,7 +200,6 @@ for name, r in open_res["native"].items():
 for r in open_res["pairs"]:
     print(f"{r['source'] + ' -> ' + r['target']:>28} {r['eer']:6.3f} {r['tar@far=0.01']:9.3f} "
           f"{r['tar@far=0.001']:9.3f} {r['recall@1']:6.3f}")
-c = open_res["shuffled_control"]
 print(f"{'shuffled control':>28} {c['eer']:6.3f} {c['tar@far=0.01']:9.3f} {c['tar@far=0.001']:9.3f}")
 
 # %%
@@ -229,31 +229,32 @@ fig, metrics = wid.explorer_figure(zoo, zoo.names[0], zoo.names[-1], "affine")
 #
 # - **Closed form (E1).** With d ≥ C the map from the logit layers reproduced A's predictions on
 #   every test digit for every pair whose target has d ≥ C; into the 4-d network it kept only
-#   about 30–75 % of them (heatmap, left). It is an existence proof, not a model of B's features.
-# - **Fitted maps (E2).** An affine map fitted on the training digits kept a median **0.984** of
-#   B's accuracy over 56 ordered pairs (a 1.6 % drop; the paper reports a median 1.9 % drop on
-#   ImageNet with far larger networks). Fitting on the test digits themselves gave 0.990, so
+#   28–74 % of them (heatmap, left). It is an existence proof, not a model of B's features.
+# - **Fitted maps (E2).** An affine map fitted on the training digits kept a median **0.990** of
+#   B's accuracy over 56 ordered pairs (a 1.0 % drop; the paper reports a median 1.9 % drop on
+#   ImageNet with far larger networks). Fitting on the test digits themselves gave 0.988, so
 #   over-fitting is small. Retention above 1 means A is the stronger network (VGG → MobileNet).
 # - **Controls.** The identity map between two seeds of one architecture kept a median 0.003
 #   over its 8 pairs: two runs do *not* share coordinates, so the equivalence is up to a map.
 #   That it falls *below* chance (0.1, what a random relabelling of A's digit clusters would
 #   give) is something we have not explained; it is one median over 8 pairs. Shuffled
-#   correspondences gave 0.108, i.e. chance (0.106). An *untrained* LeNet-5's features, mapped, still kept 0.78: on MNIST, retention
-#   says "A's features can drive B's head", not "A and B learned the same thing".
+#   correspondences gave 0.107, i.e. chance (0.106). An *untrained* LeNet-5's features, mapped,
+#   still kept 0.78: on MNIST, retention says "A's features can drive B's head", not "A and B
+#   learned the same thing".
 # - **Data and rank.** On the 12 cross-architecture pairs: OLS reached 0.94 with 100 pairs and
 #   0.97 with 300 (below N = 33 it is under-determined: 0.73 at N = 20, where ridge gives 0.82 and
 #   the rotation-only Procrustes 0.88). With all pairs Procrustes stays a little below the full
-#   linear map (0.969 vs 0.976), the same ordering as the follow-up paper's 0.91 vs 0.95. A
-#   rank-8 map already matches the full 32-d one (0.977 vs 0.976), the analogue of "512 → 64
-#   costs almost nothing".
+#   linear map (0.968 vs 0.974), the same ordering as the follow-up paper's 0.91 vs 0.95. A
+#   rank-8 map already matches the full 32-d one (0.974 both), the analogue of "512 → 64 costs
+#   almost nothing".
 # - **Indices (E3).** Across pairs, retention and the indices agree in ranking (Spearman ρ: CKA
-#   +0.70, mean CCA +0.60, SVCCA +0.63, Procrustes distance −0.72), but the scales differ: CKA
-#   spans 0.45–0.97 and mean CCA only 0.41–0.62, while retention stays within 0.92–1.00. Spaces
+#   +0.70, mean CCA +0.51, SVCCA +0.66, Procrustes distance −0.68), but the scales differ: CKA
+#   spans 0.46–0.97 and mean CCA only 0.41–0.62, while retention stays within 0.92–1.00. Spaces
 #   that the indices call only moderately similar are still almost fully interchangeable
 #   through a learned map: functional and representational similarity are different questions.
-# - **Open set (E4), the weak part.** On the unseen digits 7–9, native EERs were 0.29–0.39 and
-#   mapped ones 0.33–0.43 (shuffled control 0.51); rank-1 retrieval fell from 0.82–0.94 native to
-#   0.57–0.76 mapped. Mapping works far above chance, but at this scale (3 epochs, 7 training
+# - **Open set (E4), the weak part.** On the unseen digits 7–9, native EERs were 0.30–0.39 and
+#   mapped ones 0.34–0.43 (shuffled control 0.51); rank-1 retrieval fell from 0.81–0.95 native to
+#   0.56–0.76 mapped. Mapping works far above chance, but at this scale (3 epochs, 7 training
 #   classes, 3 unseen ones) it loses much more in the open set than in the closed one: the
 #   paper's "at most 1 % on LFW" is *not* reproduced here.
 #

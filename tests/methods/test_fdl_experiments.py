@@ -105,3 +105,13 @@ def test_overlap_report_on_hand_made_rows():
     assert report["less_overlap_every_k"] == {"iou_map": False, "iou_cam": False}  # k=5 overlaps more
     assert report["empty_cam"]["fdl"] == pytest.approx(0.1)
     assert all(wins == [3] for wins in report["fdl_wins_at"].values())
+
+
+def test_test_pass_restores_the_training_mode():
+    factory = fx.member_factory((4, 8), 10, 1, 28, 8)
+    ensemble = fdl.FDLEnsemble(fdl.make_members(factory, 2, seed=0))
+    images, labels = torch.rand(6, 1, 28, 28), torch.arange(6) % 10
+    for mode in (True, False):
+        ensemble.train(mode)
+        fx._test_pass(ensemble, images, labels)
+        assert all(m.training == mode for m in ensemble.modules())

@@ -484,3 +484,17 @@ def test_layer_keeps_half_precision_dtype():
     out = layer(x.bfloat16())
     assert out.dtype == torch.bfloat16
     assert torch.allclose(out.float(), layer(x), atol=0.05)
+
+
+def test_layer_gradients_are_finite_when_a_map_cell_is_zero():
+    # A 7x7 cell that ReLU zeroed in every channel gives a local feature exactly at 0: the
+    # unit-ball scale max(1, ‖f‖) must not put sqrt'(0) = inf into the gradient (this made a
+    # multi-similarity run go NaN after 22 steps).
+    torch.manual_seed(0)
+    layer = GSP(8, 6, num_prototypes=4, mu=0.3, gamma=5.0)
+    fmap = torch.rand(2, 8, 3, 3)
+    fmap[:, :, 1, 1] = 0.0
+    fmap.requires_grad_(True)
+    layer(fmap).square().sum().backward()
+    grads = [fmap.grad, layer.proj.weight.grad, layer.prototypes.grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
