@@ -1,3 +1,3 @@
 """labkit: an interactive lab on discriminative feature geometry in deep networks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
