@@ -6,6 +6,7 @@ matplotlib objects; nothing here trains or solves.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -147,8 +148,14 @@ def plot_recall_curves(results: Mapping[str, Mapping[str, float]],
 
 
 def plot_metric_bars(table: Mapping[str, Mapping[str, float]], metric: str = "recall@1",
-                     ax=None, errors: Mapping[str, Mapping[str, float]] | None = None):
-    """Grouped bars: rows of ``table`` are losses, columns pooling variants, values metric."""
+                     ax=None, errors: Mapping[str, Mapping[str, float]] | None = None,
+                     zoom: bool = True):
+    """Grouped bars: rows of ``table`` are losses, columns pooling variants, values metric.
+
+    errors: the same layout of standard deviations (non-finite ones, e.g. from a single seed,
+    draw no bar). zoom: start the y axis just below the lowest bar (minus its error) instead of
+    at 0, so gaps of a point or two are visible; the axis label says so.
+    """
     losses = list(table)
     if not losses:
         raise ValueError("table is empty")
@@ -157,18 +164,26 @@ def plot_metric_bars(table: Mapping[str, Mapping[str, float]], metric: str = "re
         _, ax = plt.subplots(figsize=(1.4 * len(losses) + 2, 3.2))
     width = 0.8 / len(variants)
     x = np.arange(len(losses))
+    lowest = math.inf
     for j, v in enumerate(variants):
-        vals = [100 * table[loss][v][metric] if isinstance(table[loss][v], Mapping)
-                else 100 * table[loss][v] for loss in losses]
-        err = None
+        vals = np.array([100 * table[loss][v][metric] if isinstance(table[loss][v], Mapping)
+                         else 100 * table[loss][v] for loss in losses])
+        err = np.zeros_like(vals)
         if errors is not None:
-            err = [100 * errors[loss][v] for loss in losses]
-        ax.bar(x + (j - (len(variants) - 1) / 2) * width, vals, width, yerr=err, label=v,
-               capsize=2)
+            err = np.nan_to_num(np.array([100 * errors[loss][v] for loss in losses]), nan=0.0,
+                                posinf=0.0, neginf=0.0)
+        lowest = min(lowest, float((vals - err).min()))
+        ax.bar(x + (j - (len(variants) - 1) / 2) * width, vals, width,
+               yerr=err if errors is not None else None, label=v, capsize=2)
     ax.set_xticks(x)
     ax.set_xticklabels(losses, fontsize=8)
-    ax.set_ylabel(f"{metric} (%)")
-    ax.legend(fontsize=8)
+    ylabel = f"{metric} (%)"
+    if zoom:
+        ax.set_ylim(bottom=max(0.0, math.floor(lowest) - 2.0))
+        ylabel += ", axis not from 0"
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, ncols=len(variants), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return ax
 

@@ -79,7 +79,8 @@ print(gx.format_table(table))
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 vg.plot_metric_bars({lo: {v: row[v]["recall@1"][0] for v in row} for lo, row in table.items()},
-                    metric="recall@1", ax=axes[0])
+                    metric="recall@1", ax=axes[0],
+                    errors={lo: {v: row[v]["recall@1"][1] for v in row} for lo, row in table.items()})
 first_loss = next(iter(table))
 vg.plot_recall_curves({v: {k: m[0] for k, m in row.items()} for v, row in table[first_loss].items()},
                       ax=axes[1], title=f"recall@K, {first_loss} loss")

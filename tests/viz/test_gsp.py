@@ -60,6 +60,11 @@ def test_overlays_recall_bars_toy():
     plt.close(ax.figure)
     ax = vg.plot_metric_bars({"triplet": {"gap": 0.5, "gsp": 0.6}}, metric="recall@1")
     assert [p.get_height() for p in ax.patches] == pytest.approx([50.0, 60.0])
+    assert ax.get_ylim()[0] == pytest.approx(48.0)  # zoomed: 2 points below the lowest bar
+    plt.close(ax.figure)
+    errors = {"triplet": {"gap": 0.02, "gsp": float("nan")}}  # NaN: one seed, no error bar
+    ax = vg.plot_metric_bars({"triplet": {"gap": 0.5, "gsp": 0.6}}, errors=errors, zoom=False)
+    assert ax.get_ylim()[0] == 0.0
     plt.close(ax.figure)
     fig = vg.plot_toy_transport(torch.rand(10, 2), torch.rand(2, 2),
                                 {1.0: torch.ones(10), 0.5: torch.rand(10)})
