@@ -38,22 +38,30 @@ from labkit.methods.gsp import (
 )
 
 
-def _plain_forward(costs: torch.Tensor, mu: float, gamma: float, iters: int, tol: float = 0.0
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The authors' plain β-domain iteration (β init μ; fixed steps unless ``tol`` > 0).
+def _fixed_point(s: torch.Tensor, mu: float, iters: int, tol: float
+                 ) -> tuple[torch.Tensor, int]:
+    """The authors' β ← μ / Σ_i ρ_i s_i from β = μ; s (B, n). Returns β (B, 1) and the steps.
 
     tol > 0 stops once the transported mass 1 - Σ ρ is within a factor e^±tol of μ (checked
     every step): the fixed point "stopped when it has converged" of the issue.
     """
+    n = s.shape[-1]
+    beta = torch.full_like(s[:, :1], mu)
+    for it in range(iters):
+        rho = (1.0 / n) / (1.0 + beta * s)
+        if tol > 0 and bool(((1.0 - rho.sum(-1)).log() - math.log(mu)).abs().max() <= tol):
+            return beta, it
+        beta = mu / (rho * s).sum(-1, keepdim=True)
+    return beta, iters
+
+
+def _plain_forward(costs: torch.Tensor, mu: float, gamma: float, iters: int, tol: float = 0.0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' plain β-domain solver (fixed steps unless ``tol`` > 0), as (ρ, π)."""
     n = costs.shape[-1]
     e = torch.exp(costs * (-gamma))
     s = e.sum(1)
-    beta = torch.full_like(s[:, :1], mu)
-    for _ in range(iters):
-        rho = (1.0 / n) / (1.0 + beta * s)
-        if tol > 0 and bool(((1.0 - rho.sum(-1)).log() - math.log(mu)).abs().max() <= tol):
-            break
-        beta = mu / (rho * s).sum(-1, keepdim=True)
+    beta, _ = _fixed_point(s, mu, iters, tol)
     rho = (1.0 / n) / (1.0 + beta * s)
     return rho, (beta * rho).unsqueeze(1) * e
 
@@ -61,16 +69,8 @@ def _plain_forward(costs: torch.Tensor, mu: float, gamma: float, iters: int, tol
 def fixed_point_iterations(costs: torch.Tensor, mu: float, gamma: float, tol: float,
                            iters: int = 10_000) -> int:
     """Steps the authors' fixed point needs to reach the mass tolerance ``tol`` on ``costs``."""
-    n = costs.shape[-1]
     with torch.no_grad():
-        s = torch.exp(costs * (-gamma)).sum(1)
-        beta = torch.full_like(s[:, :1], mu)
-        for it in range(iters):
-            rho = (1.0 / n) / (1.0 + beta * s)
-            if bool(((1.0 - rho.sum(-1)).log() - math.log(mu)).abs().max() <= tol):
-                return it
-            beta = mu / (rho * s).sum(-1, keepdim=True)
-    return iters
+        return _fixed_point(torch.exp(costs * (-gamma)).sum(1), mu, iters, tol)[1]
 
 
 class _PlainTransport(torch.autograd.Function):
