@@ -416,6 +416,19 @@ def test_open_set_report_native_vs_mapped():
     assert unmapped["mapped"]["recall@1"] < rep["mapped"]["recall@1"]
 
 
+def test_score_protocol_returns_the_roc_its_metrics_come_from():
+    labels = torch.arange(60) % 3
+    probes = _randn(3, 4, seed=5)[labels] + 0.8 * _randn(60, 4, seed=6)
+    gallery = probes + 0.3 * _randn(60, 4, seed=7)
+    metrics, far, tar = ic.score_protocol(probes, gallery, labels)
+    scores, genuine = ic.pair_scores(probes, gallery, labels, labels, exclude_diagonal=True)
+    assert metrics == pytest.approx({**ic.verification_metrics(scores, genuine),
+                                     "recall@1": ic.recall_at_1(probes, labels, gallery, labels,
+                                                                exclude_diagonal=True)})
+    assert ic.roc_metrics(far, tar) == pytest.approx(ic.verification_metrics(scores, genuine))
+    assert far[0] == 0.0 and far[-1] == 1.0 and (np.diff(far) >= 0).all()
+
+
 def test_reduced_rank_ridge_minimises_the_penalised_loss_among_rank_k_maps():
     x, _, _, _ = _planted(n=120, d_src=8, seed=11)
     y = x @ _randn(6, 8, seed=12).T + 0.5 * _randn(120, 6, seed=13)
