@@ -31,7 +31,7 @@ import torch
 
 from labkit.methods.gsp import (
     GSP,
-    _default_tol,
+    default_tol,
     gsp_transport,
     transport_iterations,
     transport_vjp,
@@ -116,14 +116,20 @@ def _settle_allocator(device: torch.device, mib: int = 16) -> None:
         del ballast
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device
-                 ) -> dict[str, float]:
-    """Median seconds per call of each fn, calls interleaved round-robin after one warm-up."""
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+                 self_timed: bool = False) -> dict[str, float]:
+    """Median seconds per call of each fn, calls interleaved round-robin after one warm-up.
+
+    self_timed: each fn times only its own critical part and returns those seconds.
+    """
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if self_timed:
+                times[name].append(float(fn()))
+                continue
             _sync(device)
             t0 = time.perf_counter()
             fn()
@@ -185,7 +191,7 @@ def bench_transport(shape: tuple[int, int, int] = (64, 64, 49), mu: float = 0.3,
     # Backward only: build the graph outside the timer, time the backward from the same
     # upstream gradients. "authors-*" is autograd through the authors' own loop (their TF
     # grad_method="auto").
-    tol = _default_tol(base.dtype)
+    tol = default_tol(base.dtype)
 
     def solver_of(mode):
         if mode == "authors-100":
@@ -211,14 +217,7 @@ def bench_transport(shape: tuple[int, int, int] = (64, 64, 49), mu: float = 0.3,
             return time.perf_counter() - t0
         return run
 
-    runners = {m: backward_of(m) for m in modes}
-    bw: dict[str, list[float]] = {m: [] for m in modes}
-    for r in runners.values():
-        r()
-    for _ in range(repeats):
-        for name, r in runners.items():
-            bw[name].append(r())
-    bwt = {k: statistics.median(v) for k, v in bw.items()}
+    bwt = _interleaved({m: backward_of(m) for m in modes}, repeats, device, self_timed=True)
     mem = {}
     for m in modes:
         c = base.clone().requires_grad_(True)

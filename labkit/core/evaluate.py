@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.core.models import eval_mode
+
 
 def _device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
@@ -27,13 +29,11 @@ def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
           device: torch.device | str | None = None, logits: bool = False) -> torch.Tensor:
     """Embeddings (N, d) of `images` (or the logits (N, K) when `logits`), in eval mode, on the CPU."""
     device = torch.device(device) if device is not None else _device_of(model)
-    was_training = model.training
-    model.eval().to(device)
     parts = []
-    for i in range(0, len(images), batch_size):
-        out = model.forward_all(images[i:i + batch_size].to(device))
-        parts.append((out.logits if logits else out.embedding).float().cpu())
-    model.train(was_training)
+    with eval_mode(model.to(device)):
+        for i in range(0, len(images), batch_size):
+            out = model.forward_all(images[i:i + batch_size].to(device))
+            parts.append((out.logits if logits else out.embedding).float().cpu())
     return torch.cat(parts)
 
 

@@ -8,6 +8,8 @@ swap necks and heads; `forward_all` exposes all three tensors.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -245,13 +247,21 @@ def build_backbone(arch: str, in_channels: int, image_size: int = 28, **options)
     raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode inside the block; its train/eval mode as before afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def map_shape(backbone: nn.Module, in_channels: int, image_size: int) -> tuple[int, int, int]:
     """(C, H, W) of the backbone's conv map for a square input of `image_size`."""
-    was_training = backbone.training
-    backbone.eval()
-    with torch.no_grad():
+    with eval_mode(backbone), torch.no_grad():
         shape = backbone(torch.zeros(1, in_channels, image_size, image_size)).shape[1:]
-    backbone.train(was_training)
     return tuple(shape)  # type: ignore[return-value]
 
 

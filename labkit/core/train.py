@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 import labkit
 from labkit.core import config
 from labkit.core.data import ArrayDataset
+from labkit.core.models import eval_mode
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 T = TypeVar("T")
@@ -87,12 +88,9 @@ def _make_scheduler(optimizer, schedule: str | None, milestones: Sequence[int], 
 
 def record_snapshot(model: nn.Module, probe: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Embeddings (N, d) of `probe` in eval mode, as float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         parts = [model.forward_all(probe[i:i + batch_size]).embedding.float()
                  for i in range(0, len(probe), batch_size)]
-    model.train(was_training)
     return torch.cat(parts).cpu()
 
 

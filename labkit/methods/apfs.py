@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
 from torch import nn
 
+from labkit.core.models import eval_mode
+
 LOSS_NAMES = ("contrastive", "triplet", "multi_similarity")
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -311,16 +313,11 @@ def representative_embedder(model: nn.Module, images: torch.Tensor,
     """
 
     def embed_fn(indices: torch.Tensor) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                device = next(model.parameters()).device
-                index = indices.to(images.device)
-                parts = [model_embedding(model, images[index[i:i + batch_size]].to(device))
-                         for i in range(0, len(index), batch_size)]
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            device = next(model.parameters()).device
+            index = indices.to(images.device)
+            parts = [model_embedding(model, images[index[i:i + batch_size]].to(device))
+                     for i in range(0, len(index), batch_size)]
         return torch.cat(parts).float()
 
     return embed_fn

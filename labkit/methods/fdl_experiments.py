@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from labkit.core import config
 from labkit.core.data import ArrayDataset, load_dataset
-from labkit.core.models import build_network
+from labkit.core.models import build_network, eval_mode
 from labkit.core.train import cached, fit
 from labkit.methods import fdl
 
@@ -160,18 +160,16 @@ def _test_pass(ensemble: fdl.FDLEnsemble, images: torch.Tensor, labels: torch.Te
                batch_size: int = 500) -> dict[str, float]:
     """Accuracies of the voting combiners and the map overlap, from one forward pass."""
     device = next(ensemble.parameters()).device
-    was_training = ensemble.training
-    ensemble.eval()
-    logits, descs, s_cos, s_euc = [], [], [], []
-    for start in range(0, images.shape[0], batch_size):
-        outs = ensemble.member_outputs(images[start:start + batch_size].to(device))
-        maps = [o.feature_map for o in outs]
-        logits.append(torch.stack([o.logits for o in outs]).cpu())
-        descs.append(torch.stack([fdl.fdl_descriptor(f, mask=False) for f in maps]).cpu())
-        sims = fdl.fdl_similarity_terms(maps)
-        s_cos.append(sims[0].cpu())
-        s_euc.append(sims[1].cpu())
-    ensemble.train(was_training)
+    with eval_mode(ensemble):
+        logits, descs, s_cos, s_euc = [], [], [], []
+        for start in range(0, images.shape[0], batch_size):
+            outs = ensemble.member_outputs(images[start:start + batch_size].to(device))
+            maps = [o.feature_map for o in outs]
+            logits.append(torch.stack([o.logits for o in outs]).cpu())
+            descs.append(torch.stack([fdl.fdl_descriptor(f, mask=False) for f in maps]).cpu())
+            sims = fdl.fdl_similarity_terms(maps)
+            s_cos.append(sims[0].cpu())
+            s_euc.append(sims[1].cpu())
     member_logits, labels = torch.cat(logits, dim=1), labels.cpu()
     correct = (member_logits.argmax(-1) == labels).float().mean(dim=1)
     out = {f"member_{m}": float(a) for m, a in enumerate(correct)}

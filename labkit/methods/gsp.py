@@ -45,6 +45,7 @@ __all__ = [
     "ZeroShotPredictionLoss",
     "GSPMetricLoss",
     "gsp_transport",
+    "default_tol",
     "transport_vjp",
     "transport_weights",
     "unit_ball",
@@ -80,7 +81,8 @@ def _check_costs(costs: torch.Tensor) -> None:
         raise ValueError(f"costs must be a floating-point tensor, got {costs.dtype}")
 
 
-def _default_tol(dtype: torch.dtype) -> float:
+def default_tol(dtype: torch.dtype) -> float:
+    """The solver's default tolerance on the relative error of the transported mass."""
     # The step is log(transported mass / μ); its float floor is ~sqrt(n) eps, so ask for a bit
     # more than that (float32: 7.6e-6, float64: 1.4e-14).
     return 64.0 * torch.finfo(dtype).eps
@@ -251,7 +253,7 @@ def gsp_transport(costs: torch.Tensor, mu: float, gamma: float, iters: int = 100
         raise ValueError(f"iters must be >= 1, got {iters}")
     if backward not in ("implicit", "unrolled"):
         raise ValueError(f"backward must be 'implicit' or 'unrolled', got {backward!r}")
-    tol = _default_tol(costs.dtype) if tol is None else float(tol)
+    tol = default_tol(costs.dtype) if tol is None else float(tol)
     if backward == "implicit":
         return _ImplicitTransport.apply(costs, mu, gamma, int(iters), tol)
     rho, pi, _, _ = _transport(costs, mu, gamma, int(iters), tol, inplace=False)
@@ -271,7 +273,7 @@ def transport_iterations(costs: torch.Tensor, mu: float, gamma: float, iters: in
     mu, gamma = _check_mu_gamma(mu, gamma)
     if mu == 1.0:
         return 0
-    tol = _default_tol(costs.dtype) if tol is None else float(tol)
+    tol = default_tol(costs.dtype) if tol is None else float(tol)
     with torch.no_grad():
         return _solve_log_beta(_kernel(costs, gamma)[2], mu, iters, tol).iterations
 

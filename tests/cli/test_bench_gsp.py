@@ -30,3 +30,16 @@ def test_bench_smoke(capsys):
     assert res["plan_max_diff"] < 1e-5
     # the implicit backward keeps only the outputs, the unrolled 100-step loop much more
     assert res["memory_ratio_vs_unrolled100"] > 1
+
+
+def test_fixed_point_iterations_is_the_first_step_within_tolerance():
+    c = 2 * torch.rand(4, 6, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mu, gamma, tol = 0.4, 5.0, 1e-8
+    steps = bench_gsp.fixed_point_iterations(c, mu, gamma, tol)
+
+    def mass_error(iters):
+        rho, _ = bench_gsp._plain_forward(c, mu, gamma, iters)
+        return float(((1 - rho.sum(-1)).log() - math.log(mu)).abs().max())
+
+    assert 1 < steps < 10_000
+    assert mass_error(steps) <= tol < mass_error(steps - 1)

@@ -162,3 +162,18 @@ def test_count_parameters():
     assert count_parameters(net) == 2 * 9 + 2 + 12
     net.head.weight.requires_grad_(False)
     assert count_parameters(net) == 20 and count_parameters(net, trainable_only=False) == 32
+
+
+def test_eval_mode_restores_the_mode_even_after_an_error():
+    from labkit.core.models import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    for mode in (True, False):
+        net.train(mode)
+        with eval_mode(net):
+            assert not any(m.training for m in net.modules())
+        assert all(m.training == mode for m in net.modules())
+    net.train()
+    with pytest.raises(RuntimeError), eval_mode(net):
+        raise RuntimeError("boom")
+    assert net.training
