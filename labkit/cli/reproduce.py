@@ -43,7 +43,8 @@ def execute(path: Path, target: Path, profile: str, timeout: int) -> tuple[objec
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
-    os.environ["LABKIT_PROFILE"] = profile  # the kernel inherits it
+    os.environ["LABKIT_PROFILE"] = profile  # the kernel inherits both
+    os.environ["LABKIT_PROGRESS"] = "0"  # a bar frozen in a stored output says nothing
     started = time.perf_counter()
     NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()

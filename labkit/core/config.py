@@ -2,18 +2,23 @@
 
 `LABKIT_PROFILE` = quick (tests/CI: tiny), lab (default: embedded data, CPU-friendly) or full
 (paper scale, GPU recommended). Method code asks `pick(quick=..., lab=..., full=...)` for its
-own knobs, so notebooks never branch on the profile themselves.
+own knobs, so notebooks never branch on the profile themselves. `LABKIT_PROGRESS=0` turns every
+progress bar off (`labkit reproduce` sets it, so stored notebooks carry no frozen bars).
 """
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 PROFILES = ("quick", "lab", "full")
 T = TypeVar("T")
@@ -36,6 +41,15 @@ def pick(*, quick: T, lab: T, full: T = _UNSET) -> T:  # type: ignore[assignment
     if name == "full" and full is not _UNSET:
         return full
     return lab
+
+
+def progress_bar(items: Iterable[T], progress: bool = True, **options) -> tqdm[T]:
+    """`items` wrapped in a tqdm bar (`options` go to tqdm), shown only when `progress` and
+    `LABKIT_PROGRESS` is not 0."""
+    from tqdm.auto import tqdm  # noqa: F811 - the runtime import of the annotation's class
+
+    shown = progress and os.environ.get("LABKIT_PROGRESS", "1").strip() != "0"
+    return tqdm(items, disable=not shown, **options)
 
 
 def get_device() -> torch.device:

@@ -19,7 +19,6 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 import labkit
 from labkit.core import config
@@ -149,7 +148,7 @@ def fit(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, *, epochs: int,
         history.snapshots.append(record_snapshot(model, probe))
         history.snapshot_epochs.append(0)
     model.train()
-    bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, leave=False)
+    bar = config.progress_bar(range(1, epochs + 1), progress, desc="epochs", leave=False)
     try:
         for epoch in bar:
             state.epoch = epoch

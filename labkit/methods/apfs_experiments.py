@@ -212,10 +212,8 @@ def run_ablation(losses: Sequence[str] | None = None, variants: Sequence[str] = 
     seeds = tuple(profile_settings()["seeds"]) if seeds is None else tuple(seeds)
     losses = tuple(profile_settings()["losses"]) if losses is None else tuple(losses)
     jobs = [(lo, v, s) for lo in losses for v in variants for s in seeds]
-    from tqdm.auto import tqdm
-
     rows = []
-    for lo, v, s in tqdm(jobs, desc="APFS ablation", disable=not progress, leave=False):
+    for lo, v, s in config.progress_bar(jobs, progress, desc="APFS ablation", leave=False):
         result = run(lo, v, s, **overrides)
         rows.append({"loss": lo, "variant": v, "seed": s, **result["metrics"],
                      "ms_per_step": 1e3 * result["seconds_per_step"]})
@@ -283,11 +281,10 @@ def sweep(parameter: str, values: Sequence[Any], loss: str = "contrastive",
     """Cached APFS runs over `parameter` ("strength" = lambda, or "lifetime" = T)."""
     if parameter not in ("strength", "lifetime"):
         raise ValueError(f"sweep over 'strength' (lambda) or 'lifetime' (T), got {parameter!r}")
-    from tqdm.auto import tqdm
-
     rows = []
     jobs = [(v, s) for v in values for s in seeds]
-    for value, seed in tqdm(jobs, desc=f"sweep {parameter}", disable=not progress, leave=False):
+    for value, seed in config.progress_bar(jobs, progress, desc=f"sweep {parameter}",
+                                           leave=False):
         result = run(loss, variant, seed, **{**overrides, parameter: value})
         rows.append({"parameter": parameter, "value": value, "seed": seed,
                      **result["metrics"], "round_distances": result["round_distances"]})

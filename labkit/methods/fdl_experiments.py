@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from labkit.core import config
 from labkit.core.data import ArrayDataset, load_dataset
@@ -272,7 +271,7 @@ def fewshot_sweep(settings: dict[str, Any] | None = None, *, progress: bool = Tr
     settings = settings or sweep_settings()
     jobs = [(k, seed, method) for k in settings["ks"] for seed in settings["seeds"] for method in METHODS]
     rows = []
-    for k, seed, method in tqdm(jobs, desc="FDL sweep runs", disable=not progress):
+    for k, seed, method in config.progress_bar(jobs, progress, desc="FDL sweep runs"):
         result = run_fewshot(settings, k=k, seed=seed, use_fdl=method == "fdl")
         metrics = result["metrics"]
         # what combining buys over a single member: the diversity dividend the paper is after

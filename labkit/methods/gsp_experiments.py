@@ -227,14 +227,8 @@ def compare(losses: Sequence[str] | None = None, variants: Sequence[str] = VARIA
     losses = tuple(settings["losses"] if losses is None else losses)
     seeds = tuple(settings["seeds"] if seeds is None else seeds)
     jobs = [(lo, v, s) for lo in losses for v in variants for s in seeds]
-    try:
-        from tqdm.auto import tqdm
-
-        jobs_iter = tqdm(jobs, desc="GSP runs", disable=not progress, leave=False)
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        jobs_iter = jobs
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for lo, v, s in jobs_iter:
+    for lo, v, s in config.progress_bar(jobs, progress, desc="GSP runs", leave=False):
         out.setdefault(lo, {}).setdefault(v, []).append(run(lo, v, s, **overrides))
     return out
 

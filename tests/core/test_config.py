@@ -91,3 +91,16 @@ def test_paths(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert config.cache_root() == Path(tmp_path / "x" / "labkit" / "runs")
     assert config.data_root() == Path(tmp_path / "x" / "labkit" / "data")
+
+
+@pytest.mark.parametrize(("progress", "env", "shown"),
+                         [(True, None, True), (True, "0", False), (False, None, False),
+                          (True, "1", True)])
+def test_progress_bar_honours_the_flag_and_labkit_progress(monkeypatch, progress, env, shown):
+    if env is None:
+        monkeypatch.delenv("LABKIT_PROGRESS", raising=False)
+    else:
+        monkeypatch.setenv("LABKIT_PROGRESS", env)
+    bar = config.progress_bar(range(3), progress, desc="t")
+    assert bar.disable is (not shown)  # before iterating: a finished bar reports disabled
+    assert list(bar) == [0, 1, 2]
