@@ -48,7 +48,7 @@ plt.show()
 # %% [markdown]
 # The whole problem reduces to one scalar equation per image, Σ_i σ(log β + log s_i) = μ n (the
 # authors iterate β ← μ / Σ_i ρ_i s_i for 100 steps; labkit solves the same equation by a
-# safeguarded Newton method, 2–12 steps for any μ < 1), and its gradient has a closed form
+# safeguarded Newton method, 1–14 steps for any μ < 1), and its gradient has a closed form
 # from the KKT conditions, so backpropagation never unrolls the loop. These facts are exact and
 # checked here on random inputs:
 

@@ -80,6 +80,21 @@ def test_early_stop_matches_full_iterations_float32():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mu", [0.01, 0.3, 0.9, 0.999])
+def test_converges_fast_when_features_form_two_far_groups(dtype, mu):
+    # half the features near every prototype, half far from all: at γ = 50 their ℓ differ by
+    # ~95, so kept features saturate (σ ≈ 1) and M - Σ σ² would cancel to rounding noise
+    g = torch.Generator().manual_seed(2)
+    c = 2.0 - 0.1 * torch.rand(8, 64, 49, generator=g, dtype=dtype)
+    c[:, :, :24] = 0.1 * torch.rand(8, 64, 24, generator=g, dtype=dtype)
+    steps = transport_iterations(c, mu, 50.0)
+    assert steps <= 20
+    rho, pi = gsp_transport(c, mu, 50.0)
+    mass = pi.sum(dim=(1, 2))
+    assert torch.allclose(mass, torch.full_like(mass, mu), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("backward", ["implicit", "unrolled"])
 def test_keeps_dtype(dtype, backward):
     rho, pi = gsp_transport(_costs(dtype=dtype), 0.4, 5.0, backward=backward)

@@ -4,28 +4,10 @@ import matplotlib
 import pytest
 import torch
 
-from labkit.core.train import History
 from labkit.methods import reponet as rp
 from labkit.viz import reponet as vr
 
 matplotlib.use("Agg")
-
-
-def fake_run(kind="simplex", k=4, d=3, fixed=True, epochs=2):
-    torch.manual_seed(0)
-    directions = rp.polytope_vertices(kind, k) if fixed else torch.randn(k, d)
-    labels = torch.arange(k).repeat(10)
-    features = 2 * directions[labels] + 0.1 * torch.randn(len(labels), d)
-    history = History()
-    for e in range(epochs + 1):
-        history.snapshots.append(features * (e + 1))
-        history.snapshot_epochs.append(e)
-        if e:
-            history.epochs.append({"epoch": e, "loss": 1.0 / e, "time": 0.1,
-                                   **rp.neural_collapse(features, labels, directions[:k], labels)})
-    return {"label": f"{kind} d={d}", "accuracy": 0.9, "fixed": fixed, "directions": directions[:k],
-            "test_features": features, "test_labels": labels, "probe_labels": labels,
-            "history": history, "angle_to_direction": torch.rand(k) * 5}
 
 
 def test_distinct_angles_are_the_polytope_angles():
@@ -57,7 +39,7 @@ def test_projection_keeps_origin_and_rays_linear():
     assert low is not None and torch.equal(same, dirs[:, :3])
 
 
-def test_run_figures_build():
+def test_run_figures_build(fake_run):
     runs = [fake_run(), fake_run("orthoplex", 6, 3), fake_run("simplex", 10, 9, fixed=False)]
     assert len(vr.feature_panels(runs).axes) == 3
     assert len(vr.snapshot_strip(runs[0]).axes) == 3

@@ -2,33 +2,13 @@
 
 import matplotlib
 import pytest
-import torch
 
-from labkit.core.train import History
-from labkit.methods import reponet as rp
 from labkit.widgets import reponet as wr
 
 matplotlib.use("Agg")
 
 
-def fake_run(kind="simplex", k=4, d=3, fixed=True, epochs=2):
-    torch.manual_seed(0)
-    directions = rp.polytope_vertices(kind, k) if fixed else torch.randn(k, d)
-    labels = torch.arange(k).repeat(10)
-    features = 2 * directions[labels] + 0.1 * torch.randn(len(labels), d)
-    history = History()
-    for e in range(epochs + 1):
-        history.snapshots.append(features * (e + 1))
-        history.snapshot_epochs.append(e)
-        if e:
-            history.epochs.append({"epoch": e, "loss": 1.0 / e, "time": 0.1,
-                                   **rp.neural_collapse(features, labels, directions[:k], labels)})
-    return {"label": f"{kind} d={d}", "accuracy": 0.9, "fixed": fixed, "directions": directions[:k],
-            "test_features": features, "test_labels": labels, "probe_labels": labels,
-            "history": history, "angle_to_direction": torch.rand(k) * 5}
-
-
-def test_replay_switches_runs_and_frames():
+def test_replay_switches_runs_and_frames(fake_run):
     runs = [fake_run(epochs=2), fake_run("orthoplex", 6, 3, epochs=4)]
     box = wr.replay(runs)
     picker, slider = box.children[0].children
