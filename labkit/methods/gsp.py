@@ -81,6 +81,14 @@ def _check_costs(costs: torch.Tensor) -> None:
         raise ValueError(f"costs must be a floating-point tensor, got {costs.dtype}")
 
 
+def _solve_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the solver runs in: the input's, but float32 for 16-bit floats. In bfloat16
+    the mass sum of 49 sigmoids is off by percents and the tolerance (64 eps = 0.5) stops the
+    first step wherever it lands (μ = 0.3 came out as 0.49); in float16 a μ = 0.9 solve
+    stalled. Outputs are cast back, as autocast does for softmax."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def default_tol(dtype: torch.dtype) -> float:
     """The solver's default tolerance on the relative error of the transported mass."""
     # The step is log(transported mass / μ); its float floor is ~sqrt(n) eps, so ask for a bit
@@ -105,7 +113,8 @@ def _solve_log_beta(log_s: torch.Tensor, mu: float, iters: int, tol: float) -> _
     M = Σ σ_i and D = Σ σ_i σ(-u - ℓ_i) = β F'(β), the step is u ← u + log(1 + (μn - M) / D).
     D is summed from σ(-x), not as M - Σ σ², which cancels to rounding noise once features
     saturate (features split into two groups far apart in ℓ, at γ = 50, then took hundreds of
-    steps); the factor is kept >= 2^-20 in case a step from the right would cross β = 0.
+    steps); the factor is kept >= 2^-20 (eps in half precision) in case a step from the right
+    would cross β = 0.
     The start is the second-order solution in the spread of ℓ, u₀ = logit μ - mean ℓ -
     (1 - 2μ) min(var ℓ, 1) / 2 (expand Σ σ(u + ℓ_i) around the mean; exact when all s_i are
     equal; var capped where the expansion stops meaning anything), after which one step
@@ -120,7 +129,12 @@ def _solve_log_beta(log_s: torch.Tensor, mu: float, iters: int, tol: float) -> _
     target = mu * n
     # |log M - log μn| <= tol, as bounds on M: no log per check
     mass_lo, mass_hi = target * math.exp(-tol), target * math.exp(tol)
-    tiny = torch.finfo(log_s.dtype).tiny
+    info = torch.finfo(log_s.dtype)
+    tiny = info.tiny
+    # a step may shrink β by at most this factor (a step from the right may cross β = 0);
+    # >= eps so that factor - 1 is representable (1 - 2^-20 rounds to 1 in half precision)
+    min_step = max(2.0**-20, info.eps) - 1.0
+    differentiable = torch.is_grad_enabled() and log_s.requires_grad  # backward="unrolled"
     # n var ℓ = Σ ℓ² - n mean², kept in [0, n] (var <= 1; rounding may leave it < 0). From
     # sums: var_mean's kernel took 33 us at (64, 49) on the 2-core VM, these 20 us.
     mean = log_s.mean(dim=-1, keepdim=True)
@@ -135,9 +149,17 @@ def _solve_log_beta(log_s: torch.Tensor, mu: float, iters: int, tol: float) -> _
             lo, hi = torch.stack(torch.aminmax(mass.detach())).tolist()  # one host sync
             if mass_lo <= lo and hi <= mass_hi:
                 return _Solution(x, sig, it)
-        slope = torch.linalg.vecdot(sig, torch.sigmoid(x.neg())).unsqueeze_(-1)  # D > 0
-        step = torch.rsub(mass, target).div_(slope.clamp_min_(tiny))  # (μn - M) / D
-        u.add_(step.clamp_min_(2.0**-20 - 1.0).log1p_())
+        slope = torch.linalg.vecdot(sig, torch.sigmoid(x.neg())).unsqueeze_(-1).clamp_min_(tiny)
+        excess = torch.rsub(mass, target)  # μn - M; the step is excess / D, floored
+        if differentiable:
+            # Autograd through a floored step would multiply its zero gradient by excess / D²,
+            # which is inf once D ~ 1e-20 (NaN in the unrolled gradient): take the floor
+            # branch without dividing by D.
+            floored = excess.detach() < slope.detach() * min_step
+            step = torch.where(floored, min_step, excess / torch.where(floored, 1.0, slope))
+        else:
+            step = excess.div_(slope).clamp_min_(min_step)
+        u.add_(step.log1p_())
     x = torch.add(log_s, u)
     sig = torch.sigmoid(x)
     error = sig.detach().sum(dim=-1).log_().sub_(math.log(target)).abs_().max()
@@ -248,12 +270,14 @@ def gsp_transport(costs: torch.Tensor, mu: float, gamma: float, iters: int = 100
     [0, 2]). mu: transport ratio μ in (0, 1]. gamma: inverse temperature γ = 1/ε > 0.
     iters: maximum fixed-point steps (the authors always run 100); the loop stops once the
     relative error of the transported mass is below ``tol`` (default: 64 machine eps of the
-    dtype; 0 runs all ``iters``). backward: "implicit" (closed form, see ``transport_vjp``) or
-    "unrolled" (autograd through the iterations actually run; for checks and benchmarks).
+    solve dtype; 0 runs all ``iters``). backward: "implicit" (closed form, see
+    ``transport_vjp``) or "unrolled" (autograd through the iterations actually run; for checks
+    and benchmarks).
 
-    Returns (rho, pi): the residual ρ (B, n) and plan π (B, K, n), in the dtype of ``costs``.
-    Each feature's mass ρ_i + Σ_k π_ki = 1/n holds to rounding; Σ π = μ holds at convergence.
-    μ = 1 is solved in closed form (ρ = 0, π_ki = softmax_k(-γ c_·i)_k / n), not iterated.
+    Returns (rho, pi): the residual ρ (B, n) and plan π (B, K, n), in the dtype of ``costs``
+    (16-bit costs are solved in float32 and the results rounded back). Each feature's mass
+    ρ_i + Σ_k π_ki = 1/n holds to rounding; Σ π = μ holds at convergence. μ = 1 is solved in
+    closed form (ρ = 0, π_ki = softmax_k(-γ c_·i)_k / n), not iterated.
     """
     _check_costs(costs)
     mu, gamma = _check_mu_gamma(mu, gamma)
@@ -261,11 +285,13 @@ def gsp_transport(costs: torch.Tensor, mu: float, gamma: float, iters: int = 100
         raise ValueError(f"iters must be >= 1, got {iters}")
     if backward not in ("implicit", "unrolled"):
         raise ValueError(f"backward must be 'implicit' or 'unrolled', got {backward!r}")
-    tol = default_tol(costs.dtype) if tol is None else float(tol)
+    work = costs.to(_solve_dtype(costs.dtype))
+    tol = default_tol(work.dtype) if tol is None else float(tol)
     if backward == "implicit":
-        return _ImplicitTransport.apply(costs, mu, gamma, int(iters), tol)
-    rho, pi, _, _ = _transport(costs, mu, gamma, int(iters), tol, inplace=False)
-    return rho, pi
+        rho, pi = _ImplicitTransport.apply(work, mu, gamma, int(iters), tol)
+    else:
+        rho, pi, _, _ = _transport(work, mu, gamma, int(iters), tol, inplace=False)
+    return rho.to(costs.dtype), pi.to(costs.dtype)
 
 
 def transport_weights(rho: torch.Tensor, mu: float) -> torch.Tensor:
@@ -281,9 +307,10 @@ def transport_iterations(costs: torch.Tensor, mu: float, gamma: float, iters: in
     mu, gamma = _check_mu_gamma(mu, gamma)
     if mu == 1.0:
         return 0
-    tol = default_tol(costs.dtype) if tol is None else float(tol)
+    work = costs.detach().to(_solve_dtype(costs.dtype))
+    tol = default_tol(work.dtype) if tol is None else float(tol)
     with torch.no_grad():
-        return _solve_log_beta(_kernel(costs, gamma)[2], mu, iters, tol).iterations
+        return _solve_log_beta(_kernel(work, gamma)[2], mu, iters, tol).iterations
 
 
 # --------------------------------------------------------------------------- geometry helpers
