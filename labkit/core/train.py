@@ -7,7 +7,9 @@ per-epoch metrics and optional embedding snapshots of a probe set, and stops cle
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import json
 import time
@@ -196,10 +198,37 @@ def fit(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, *, epochs: int,
 
 # ----------------------------------------------------------------------------- cache
 
+def normalized_source(text: str) -> str:
+    """Python source as its syntax tree, without docstrings: comments, docstrings, layout and
+    line numbers do not change it, any change to what the code does does."""
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A hash of the code whose results the cache holds: every module of labkit.core and
+    labkit.methods, normalised (see `normalized_source`). Coarse on purpose: a change to any
+    computation there invalidates every entry (a numerics fix cannot leave stale runs behind, as
+    the version alone did), while editing prose or comments keeps them."""
+    root = Path(labkit.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("core/*.py"), *root.glob("methods/*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(normalized_source(path.read_text(encoding="utf-8")).encode())
+    return digest.hexdigest()[:16]
+
+
 def config_key(name: str, cfg: Mapping[str, Any]) -> str:
-    """A stable hash of (name, config, labkit version)."""
-    payload = json.dumps({"name": name, "config": cfg, "version": labkit.__version__},
-                         sort_keys=True, default=str)
+    """A stable hash of (name, config, labkit version, `code_fingerprint`)."""
+    payload = json.dumps({"name": name, "config": cfg, "version": labkit.__version__,
+                          "code": code_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

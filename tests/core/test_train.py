@@ -12,7 +12,15 @@ from torch import nn
 from labkit.core import train as train_module
 from labkit.core.data import ArrayDataset
 from labkit.core.models import FlattenLinear, Network
-from labkit.core.train import History, cache_path, cached, config_key, fit, load_or_train
+from labkit.core.train import (
+    History,
+    cache_path,
+    cached,
+    config_key,
+    fit,
+    load_or_train,
+    normalized_source,
+)
 
 
 def blobs(n_per_class: int = 32, seed: int = 0) -> ArrayDataset:
@@ -232,6 +240,21 @@ def test_config_key_is_stable():
     assert config_key("x", {"a": 1, "b": [1, 2]}) == config_key("x", {"b": [1, 2], "a": 1})
     assert config_key("x", {"a": 1}) != config_key("x", {"a": 1.5})
     assert config_key("x", {"a": 1}) != config_key("y", {"a": 1})
+
+
+def test_config_key_follows_the_code(monkeypatch):
+    before = config_key("x", {"a": 1})
+    monkeypatch.setattr(train_module, "code_fingerprint", lambda: "another")
+    assert config_key("x", {"a": 1}) != before
+
+
+def test_normalized_source_ignores_prose_not_code():
+    code = 'def f(x):\n    """Double."""\n    return 2 * x  # why\n'
+    prose = 'def f(x):\n    """Twice x, reworded."""\n\n    return 2 * x\n'
+    changed = 'def f(x):\n    """Double."""\n    return 3 * x\n'
+    assert normalized_source(code) == normalized_source(prose)
+    assert normalized_source(code) != normalized_source(changed)
+    assert normalized_source('"""Module."""\nX = 1\n') == normalized_source("X = 1\n")
 
 
 def test_corrupt_cache_entry_is_recomputed(cache_dir):
