@@ -81,19 +81,24 @@ def _check_costs(costs: torch.Tensor) -> None:
         raise ValueError(f"costs must be a floating-point tensor, got {costs.dtype}")
 
 
-def _solve_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the solver runs in: the input's, but float32 for 16-bit floats. In bfloat16
-    the mass sum of 49 sigmoids is off by percents and the tolerance (64 eps = 0.5) stops the
-    first step wherever it lands (μ = 0.3 came out as 0.49); in float16 a μ = 0.9 solve
-    stalled. Outputs are cast back, as autocast does for softmax."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def default_tol(dtype: torch.dtype) -> float:
     """The solver's default tolerance on the relative error of the transported mass."""
     # The step is log(transported mass / μ); its float floor is ~sqrt(n) eps, so ask for a bit
     # more than that (float32: 7.6e-6, float64: 1.4e-14).
     return 64.0 * torch.finfo(dtype).eps
+
+
+def _solve_input(costs: torch.Tensor, tol: float | None) -> tuple[torch.Tensor, float]:
+    """``costs`` in the dtype the solver runs in, and the tolerance (``default_tol`` if None).
+
+    The input's dtype, but float32 for 16-bit floats: in bfloat16 the mass sum of 49 sigmoids
+    is off by percents and the tolerance (64 eps = 0.5) stops the first step wherever it lands
+    (μ = 0.3 came out as 0.49); in float16 a μ = 0.9 solve stalled. Callers cast the outputs
+    back, as autocast does for softmax.
+    """
+    if costs.dtype in (torch.float16, torch.bfloat16):
+        costs = costs.float()
+    return costs, default_tol(costs.dtype) if tol is None else float(tol)
 
 
 # --------------------------------------------------------------------------- the solver
@@ -285,8 +290,7 @@ def gsp_transport(costs: torch.Tensor, mu: float, gamma: float, iters: int = 100
         raise ValueError(f"iters must be >= 1, got {iters}")
     if backward not in ("implicit", "unrolled"):
         raise ValueError(f"backward must be 'implicit' or 'unrolled', got {backward!r}")
-    work = costs.to(_solve_dtype(costs.dtype))
-    tol = default_tol(work.dtype) if tol is None else float(tol)
+    work, tol = _solve_input(costs, tol)
     if backward == "implicit":
         rho, pi = _ImplicitTransport.apply(work, mu, gamma, int(iters), tol)
     else:
@@ -307,8 +311,7 @@ def transport_iterations(costs: torch.Tensor, mu: float, gamma: float, iters: in
     mu, gamma = _check_mu_gamma(mu, gamma)
     if mu == 1.0:
         return 0
-    work = costs.detach().to(_solve_dtype(costs.dtype))
-    tol = default_tol(work.dtype) if tol is None else float(tol)
+    work, tol = _solve_input(costs.detach(), tol)
     with torch.no_grad():
         return _solve_log_beta(_kernel(work, gamma)[2], mu, iters, tol).iterations
 

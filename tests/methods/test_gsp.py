@@ -79,14 +79,20 @@ def test_early_stop_matches_full_iterations_float32():
     assert (rho - rho_full).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("mu", [0.01, 0.3, 0.9, 0.999])
-def test_converges_fast_when_features_form_two_far_groups(dtype, mu):
-    # half the features near every prototype, half far from all: at γ = 50 their ℓ differ by
-    # ~95, so kept features saturate (σ ≈ 1) and M - Σ σ² would cancel to rounding noise
+def _two_group_costs(dtype: torch.dtype) -> torch.Tensor:
+    """(8, 64, 49) costs: 24 features near every prototype (< 0.1), the rest far from all."""
     g = torch.Generator().manual_seed(2)
     c = 2.0 - 0.1 * torch.rand(8, 64, 49, generator=g, dtype=dtype)
     c[:, :, :24] = 0.1 * torch.rand(8, 64, 24, generator=g, dtype=dtype)
+    return c
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mu", [0.01, 0.3, 0.9, 0.999])
+def test_converges_fast_when_features_form_two_far_groups(dtype, mu):
+    # at γ = 50 the two groups' ℓ differ by ~95, so kept features saturate (σ ≈ 1) and
+    # M - Σ σ² would cancel to rounding noise
+    c = _two_group_costs(dtype)
     steps = transport_iterations(c, mu, 50.0)
     assert steps <= 20
     rho, pi = gsp_transport(c, mu, 50.0)
@@ -111,10 +117,7 @@ def test_converges_fast_when_features_form_two_far_groups(dtype, mu):
 @pytest.mark.parametrize("backward", ["implicit", "unrolled"])
 def test_half_precision_costs_are_solved_in_float32(dtype, backward):
     # solved in bfloat16 itself, μ = 0.3 came out as a transported mass of 0.49
-    g = torch.Generator().manual_seed(2)
-    c = 2.0 - 0.1 * torch.rand(8, 64, 49, generator=g)
-    c[:, :, :24] = 0.1 * torch.rand(8, 64, 24, generator=g)
-    low = c.to(dtype).requires_grad_(True)
+    low = _two_group_costs(torch.float32).to(dtype).requires_grad_(True)
     rho, pi = gsp_transport(low, 0.3, 50.0, backward=backward)
     assert rho.dtype == dtype and pi.dtype == dtype
     ref_rho, ref_pi = gsp_transport(low.detach().float(), 0.3, 50.0)
