@@ -166,7 +166,9 @@ class RepresentativeBatchSampler:
     Classes per batch: drawn from a cycling queue of classes (each class once per cycle). With
     `hard_class_mining`, each batch takes a seed class from that queue plus its P - 1 nearest
     classes in D_rep (or sampled with `temperature`), where D_rep comes from `embed_fn` applied
-    once per round to the representatives' dataset indices (a LongTensor (C,) -> (C, d)).
+    once per round to the representatives' dataset indices (a LongTensor (C,) -> (C, d)); the
+    mined classes leave the queue as well (one pending entry each), so a class that is often
+    mined is seeded less often.
 
     One pass yields `len(self)` batches, a multiple of T; rounds restart with each pass, the
     queues and the random generator persist. With `world_size` > 1 the classes are sharded
@@ -285,8 +287,15 @@ class RepresentativeBatchSampler:
         if self.rep_distances is None:
             return self._next_classes(self.classes_per_batch)
         seed_class = self._next_classes(1)[0]
-        return mine_classes(self.rep_distances, seed_class, self.classes_per_batch,
-                            self.temperature, self._rng).tolist()
+        chosen = mine_classes(self.rep_distances, seed_class, self.classes_per_batch,
+                              self.temperature, self._rng).tolist()
+        # spec step 3, "mark the chosen classes so they cycle": a mined class has had its turn
+        # too, so its next pending entry leaves the queue; else classes near many others (hubs)
+        # would be seeded as often as any and mined on top of that
+        for position in chosen[1:]:
+            if position in self._class_queue:
+                self._class_queue.remove(position)
+        return chosen
 
     def _fresh(self, position: int) -> np.ndarray:
         members = self._members[position]

@@ -91,7 +91,22 @@ def test_summarize_and_claim_checks_on_known_rows():
     summary = X.summarize(rows, ("recall@1",))
     mean, std, n = summary[("t", "apfs")]["recall@1"]
     assert n == 2 and mean == pytest.approx(0.65) and std == pytest.approx(0.1 / 2 ** 0.5)
-    assert X.claim_checks(rows)["t"] == {"apfs > baseline": True, "mining > apfs": False}
+    checks = X.claim_checks(rows)["t"]
+    assert checks["apfs > baseline"] == pytest.approx((0.1, 0.0, 2, 2))
+    assert checks["mining > apfs"] == pytest.approx((-0.05, 0.0, 0, 2))
+
+
+def test_paired_gain_pairs_by_seed():
+    # the variant loses on both shared seeds but has the higher mean over all its seeds (0.63
+    # against 0.55): unpaired means would call that a gain; seed 2 has nothing to pair with
+    rows = ([{"loss": "t", "variant": "apfs", "seed": s, "recall@1": v}
+             for s, v in ((0, 0.40), (1, 0.60), (2, 0.90))]
+            + [{"loss": "t", "variant": "baseline", "seed": s, "recall@1": v}
+               for s, v in ((1, 0.65), (0, 0.45))])
+    gain = X.paired_gain(rows, "t", "apfs", "baseline")
+    assert gain.seeds == 2 and gain.wins == 0
+    assert gain.gain == pytest.approx(-0.05) and gain.spread == pytest.approx(0.0, abs=1e-12)
+    assert X.paired_gain(rows, "t", "apfs", "apfs+mining") == (0.0, 0.0, 0, 0)
 
 
 def test_sweep_and_geometry_run():
