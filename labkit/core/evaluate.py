@@ -117,12 +117,15 @@ def _kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk: int 
             previous[i:i + chunk] = assign
             sums.index_add_(0, assign, block)
             counts += torch.bincount(assign, minlength=k)
-        if not bool(changed):  # a fixed point: the centroids below would come out the same
+        empty = bool((counts == 0).any())
+        # a fixed point: the centroids below would come out the same (unless a cluster is empty,
+        # as right after a split whose copy won no point: then the next split must still run)
+        if not bool(changed) and not empty:
             break
-        counts = counts.unsqueeze(1)
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-        if bool((counts == 0).any()):
-            centroids = _split_clusters(centroids, counts.squeeze(1), generator)
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None],
+                                centroids)
+        if empty:
+            centroids = _split_clusters(centroids, counts, generator)
     neg_half_norms = -0.5 * (centroids * centroids).sum(1)
     assign = torch.empty(len(x), dtype=torch.long, device=x.device)
     for i in range(0, len(x), chunk):
@@ -133,12 +136,15 @@ def _kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, chunk: int 
 def _split_clusters(centroids: torch.Tensor, counts: torch.Tensor,
                     generator: torch.Generator) -> torch.Tensor:
     """faiss's handling of an empty cluster: split a non-empty one (chosen with probability
-    proportional to its size) into two slightly perturbed copies, so k clusters survive."""
+    proportional to its size - 1, so never a single point) into two slightly perturbed copies,
+    so k clusters survive."""
     sizes = counts.double().cpu()
     signs = torch.ones(centroids.shape[1], dtype=centroids.dtype, device=centroids.device)
     signs[1::2] = -1
     for empty in (sizes == 0).nonzero().squeeze(1).tolist():
-        donor = int(torch.multinomial(sizes, 1, generator=generator))
+        weights = (sizes - 1).clamp_min(0)
+        donor = int(torch.multinomial(weights if bool(weights.any()) else sizes, 1,
+                                      generator=generator))
         base = centroids[donor].clone()
         centroids[empty] = base * (1 + signs / 1024)
         centroids[donor] = base * (1 - signs / 1024)
@@ -170,7 +176,11 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor,
                          f"and {tuple(labels.shape)}")
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
+    if len(embeddings) < 2:
+        raise ValueError("need at least two samples")
     x = embeddings.float()
+    if not bool(torch.isfinite(x).all()):  # topk ranks NaN first: it would be everyone's neighbour
+        raise ValueError("embeddings contain NaN or inf")
     inv_norms = 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12)  # as F.normalize
     labels = labels.to(x.device)
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
@@ -180,7 +190,7 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor,
     if depth < 1:
         raise ValueError("need at least two samples")
     positions = torch.arange(1, depth + 1, device=x.device)
-    recall_hits = {k: torch.zeros((), device=x.device) for k in ks}
+    recall_hits = {int(k): torch.zeros((), device=x.device) for k in ks}  # a repeated K once
     map_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     rp_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     for start in range(0, len(x), chunk):
@@ -193,7 +203,7 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor,
         valid = others[start:stop] > 0
         hits = (labels[neighbours] == labels[start:stop, None])[valid]
         r = others[start:stop][valid].unsqueeze(1)
-        for k in ks:
+        for k in recall_hits:
             recall_hits[k] += hits[:, :k].any(1).sum()
         within_r = hits & (positions <= r)
         precision_at_j = within_r.cumsum(1) / positions
@@ -202,7 +212,7 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor,
     num_queries = int((others > 0).sum())
     if num_queries == 0:
         raise ValueError("every class has a single sample: retrieval metrics are undefined")
-    result = {f"recall@{k}": float(recall_hits[k]) / num_queries for k in ks}
+    result = {f"recall@{k}": float(count) / num_queries for k, count in recall_hits.items()}
     result["map@r"] = float(map_sum) / num_queries
     result["r_precision"] = float(rp_sum) / num_queries
     if nmi:

@@ -95,6 +95,20 @@ def test_retrieval_metrics_errors():
         retrieval_metrics(torch.rand(4, 2), torch.tensor([0, 0, 1, 1]), ks=(0, 1))
     with pytest.raises(ValueError, match="single sample"):
         retrieval_metrics(torch.rand(4, 2), torch.arange(4), nmi=False)
+    with pytest.raises(ValueError, match="two samples"):
+        retrieval_metrics(torch.rand(0, 2), torch.arange(0))
+    bad = torch.rand(6, 2)
+    bad[3, 1] = math.nan  # topk would rank it everyone's nearest neighbour
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(bad, torch.tensor([0, 0, 1, 1, 2, 2]))
+
+
+def test_retrieval_metrics_repeated_k_counts_once():
+    g = torch.Generator().manual_seed(0)
+    x, labels = torch.randn(40, 5, generator=g), torch.randint(0, 5, (40,), generator=g)
+    once = retrieval_metrics(x, labels, ks=(1, 8), nmi=False)
+    repeated = retrieval_metrics(x, labels, ks=(8, 1, 1), nmi=False)
+    assert repeated["recall@1"] == once["recall@1"] and repeated["recall@8"] == once["recall@8"]
 
 
 def planted_blobs(seed: int = 0, k: int = 4, per: int = 25, spread: float = 0.05):
@@ -143,6 +157,16 @@ def test_kmeans_never_loses_a_cluster():
     for seed in range(12):
         x, _ = planted_blobs(seed=seed, k=6, per=10)
         assert kmeans(x, 6, seed=seed).unique().numel() == 6
+
+
+def test_kmeans_keeps_splitting_while_a_cluster_is_empty():
+    # four distinct points, repeated: a split whose copy wins no point leaves a cluster empty
+    # with no assignment changed; stopping there returned 3 clusters for half of the seeds
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 3])
+    x = torch.eye(4)[labels]
+    for seed in range(20):
+        assert kmeans(x, 4, seed=seed).unique().numel() == 4, seed
+    assert retrieval_metrics(x, labels, ks=(1,), seed=0)["nmi"] == pytest.approx(1.0)
 
 
 def test_kmeans_bounds():

@@ -101,6 +101,11 @@ def test_mask_is_strictly_above_mean_and_hard():
     s_cos, s_euc = fdl.fdl_similarity_terms([const, fmap])
     assert s_cos.item() == 0.0
     assert s_euc.item() == pytest.approx((3 + math.exp(-9)) / 4)
+    # ... also when the float mean of the constant rounds below it (0.1 on 7x7 in float32)
+    c = torch.full((1, 1, 7, 7), 0.1)
+    assert c.mean() < 0.1  # the case the explicit test exists for
+    assert fdl.fdl_descriptor(c).count_nonzero() == 0
+    assert fdl.fdl_similarity_terms([c, c])[0].item() == 0.0
 
 
 def test_max_norm_and_scale_behaviour():
@@ -293,6 +298,8 @@ def test_attention_iou_exact_values():
     torch.testing.assert_close(fdl.attention_iou(torch.stack([a, flat, c])),
                                torch.tensor([4 / 12]))
     assert torch.isnan(fdl.attention_iou(torch.ones(2, 3, 4, 4))).all()
+    assert torch.isnan(fdl.attention_iou(torch.full((2, 1, 7, 7), 0.1))).all()
+    assert fdl.empty_region_share(torch.full((2, 1, 7, 7), 0.1)) == 1.0
     assert fdl.empty_region_share(torch.stack([a, flat, c, flat])) == 0.5
     with pytest.raises(ValueError, match="M >= 2"):
         fdl.attention_iou(torch.ones(1, 3, 4, 4))

@@ -186,6 +186,16 @@ def test_margin_max_is_the_neighbour_angle():
         assert head.margin == pytest.approx(expected, abs=1e-6)
 
 
+def test_margin_max_for_two_antipodal_classes_is_pi():
+    head = rp.FixedClassifier("simplex", 2, margin="max")
+    assert head.margin == pytest.approx(math.pi)
+    f = torch.randn(16, 1, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 2, (16,))
+    loss = head.loss(f, y)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(f.grad).all()
+
+
 def test_angular_margin_logits_target_and_continuation():
     w = rp.polytope_vertices("polygon", 4, dtype=torch.float64)  # w_0 = (1, 0)
     m, s = 0.5, 10.0
