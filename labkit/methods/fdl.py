@@ -341,7 +341,7 @@ class FusionModel(nn.Module):
 def above_mean_mask(heat: torch.Tensor) -> torch.Tensor:
     """Boolean mask of positions strictly above the map's spatial mean: (..., H, W) -> same shape.
 
-    A constant map has no such position. The test says so explicitly: the float mean of a
+    A constant map has no such position, and that is checked explicitly: the float mean of a
     constant map can round below its value (for 27% of random constants on 7x7 in float32), and
     then every position would pass `heat > mean`.
     """
