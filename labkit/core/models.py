@@ -249,13 +249,16 @@ def build_backbone(arch: str, in_channels: int, image_size: int = 28, **options)
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """`model` in eval mode inside the block; its train/eval mode as before afterwards."""
-    was_training = model.training
+    """`model` in eval mode inside the block; every submodule's train/eval mode as before
+    afterwards (`model.train(flag)` would push one flag onto all of them, e.g. unfreeze a
+    backbone kept in eval mode)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def map_shape(backbone: nn.Module, in_channels: int, image_size: int) -> tuple[int, int, int]:

@@ -45,6 +45,14 @@ def classifier_settings(**overrides) -> dict:
     return settings
 
 
+def _splits(s: dict):
+    """(train, test) of s["dataset"]; the embedded sets are split by s["seed"], both halves
+    from the same split (a test half of another seed's split overlaps this train half)."""
+    split_seed = s["seed"] if s["dataset"] in ("mnist5k", "digits") else 0
+    return (load_dataset(s["dataset"], "train", seed=split_seed),
+            load_dataset(s["dataset"], "test", seed=split_seed))
+
+
 def train_classifier(settings: dict | None = None, *,
                      head_factory: Callable[[int, int], nn.Module] | None = None,
                      loss_factory: Callable[[int, int], nn.Module] | None = None) -> ClassifierRun:
@@ -55,8 +63,7 @@ def train_classifier(settings: dict | None = None, *,
     `loss(embedding, labels)` and added to the cross-entropy (e.g. Center Loss), optimised with it.
     """
     s = classifier_settings() if settings is None else settings
-    train = load_dataset(s["dataset"], "train", seed=s["seed"] if s["dataset"] in ("mnist5k", "digits") else 0)
-    test = load_dataset(s["dataset"], "test")
+    train, test = _splits(s)
     if s["classes"] is not None:
         train, test = train.subset_classes(s["classes"]), test.subset_classes(s["classes"])
     if s["train_per_class"]:

@@ -29,6 +29,7 @@ from labkit.core.models import eval_mode
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 T = TypeVar("T")
+_interruptions = 0  # fits stopped by Ctrl-C in this process (see `cached`)
 
 
 @dataclass
@@ -187,6 +188,8 @@ def fit(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, *, epochs: int,
             for hook in on_epoch:
                 hook(state)
     except KeyboardInterrupt:
+        global _interruptions
+        _interruptions += 1
         history.interrupted = True
         warnings.warn(f"training interrupted at epoch {state.epoch}; keeping what was recorded",
                       stacklevel=2)
@@ -237,14 +240,21 @@ def cache_path(name: str, cfg: Mapping[str, Any]) -> Path:
 
 
 def cached(name: str, cfg: Mapping[str, Any], compute: Callable[[], T]) -> T:
-    """`compute()`'s result, stored under a hash of `cfg`; a corrupt entry is recomputed with a warning."""
+    """`compute()`'s result, stored under a hash of `cfg`; a corrupt entry is recomputed with a
+    warning. A result whose training was interrupted (Ctrl-C inside `fit`) is returned, not
+    stored: it is not the run `cfg` describes."""
     path = cache_path(name, cfg)
     if path.exists():
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:  # noqa: BLE001 - any unreadable entry is recomputed
             warnings.warn(f"cache entry {path} is unreadable ({error}); recomputing", stacklevel=2)
+    interruptions = _interruptions
     result = compute()
+    if _interruptions != interruptions:
+        warnings.warn(f"{name}: training was interrupted, so this result is not cached",
+                      stacklevel=2)
+        return result
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(result, tmp)

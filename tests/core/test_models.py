@@ -177,3 +177,8 @@ def test_eval_mode_restores_the_mode_even_after_an_error():
     with pytest.raises(RuntimeError), eval_mode(net):
         raise RuntimeError("boom")
     assert net.training
+    # a mixed state comes back as it was: a frozen (eval) part stays frozen
+    net[1].eval()
+    with eval_mode(net):
+        pass
+    assert net.training and net[0].training and not net[1].training

@@ -292,6 +292,32 @@ def test_load_or_train_uses_cache(cache_dir):
                                                       strict=True))
 
 
+def test_an_interrupted_run_is_returned_but_not_cached(cache_dir):
+    ds = blobs()
+    calls = []
+
+    class Stop:
+        def on_epoch_end(self, state):
+            if state.epoch == 1 and len(calls) == 1:  # only the first training is stopped
+                raise KeyboardInterrupt
+
+    def run(model):
+        calls.append(1)
+        return fit(model, ce, ds, epochs=2, callbacks=[Stop()], **FIT)
+
+    cfg = {"seed": 1, "epochs": 2}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, first = load_or_train("tiny", cfg, lambda: tiny_net(seed=1), run)
+    messages = [str(w.message) for w in caught]
+    assert any("interrupted at epoch 1" in m for m in messages)
+    assert any("not cached" in m for m in messages)
+    assert first.interrupted and not cache_path("tiny", cfg).exists()
+    _, second = load_or_train("tiny", cfg, lambda: tiny_net(seed=1), run)  # trains again
+    assert calls == [1, 1] and not second.interrupted and len(second.epochs) == 2
+    assert cache_path("tiny", cfg).exists()
+
+
 def test_load_or_train_retrains_stale_entry(cache_dir):
     ds = blobs()
     cfg = {"seed": 0}

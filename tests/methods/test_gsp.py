@@ -546,3 +546,35 @@ def test_layer_gradients_are_finite_when_a_map_cell_is_zero():
     layer(fmap).square().sum().backward()
     grads = [fmap.grad, layer.proj.weight.grad, layer.prototypes.grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_zsr_on_bfloat16_histograms_runs_in_float32():
+    # under CUDA bf16 autocast the layer hands back bf16 histograms; bf16 has no linear solve
+    torch.manual_seed(0)
+    layer = GSP(6, 8, num_prototypes=4, mu=0.3)
+    maps = torch.randn(4, 6, 3, 3)
+    layer(maps)  # prototypes from a float32 batch
+    hist = layer(maps.bfloat16(), return_maps=True).histogram
+    assert hist.dtype == torch.bfloat16
+    zsr = ZeroShotPredictionLoss(3, 8)
+    labels = torch.tensor([0, 0, 1, 1])
+    loss = zsr(hist, labels)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(zsr.class_embeddings.grad).all()
+    torch.testing.assert_close(loss, zsr(hist.float(), labels))
+
+
+def test_prototypes_wait_for_a_batch_with_enough_local_features():
+    torch.manual_seed(0)
+    layer = GSP(6, 4, num_prototypes=20, mu=0.3)
+    fallback = layer.prototypes.detach().clone()
+    with pytest.warns(RuntimeWarning, match="cannot seed K=20"):
+        out = layer(torch.randn(1, 6, 3, 3))  # 9 local features < K
+    assert out.shape == (1, 4) and not bool(layer.initialized)
+    assert torch.equal(layer.prototypes, fallback)
+    batch = torch.randn(4, 6, 3, 3)
+    layer(batch)
+    assert bool(layer.initialized)
+    points = unit_ball(layer.local_features(batch).reshape(-1, 4))
+    torch.testing.assert_close(layer.prototypes.detach(), points[k_center(points, 20)])
