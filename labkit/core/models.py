@@ -9,6 +9,7 @@ swap necks and heads; `forward_all` exposes all three tensors.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -175,6 +176,10 @@ class TorchvisionResNet(nn.Module):
                 raise ValueError(f"weights file {path} does not fit torchvision's resnet{depth}: "
                                  f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
         if in_channels != 3 or small_input:
+            if weights_path is not None:  # say so: the loaded stem is thrown away
+                warnings.warn(f"TorchvisionResNet: the stem conv1 is re-initialised at random "
+                              f"(in_channels={in_channels}, small_input={small_input}); the "
+                              f"rest keeps the weights of {weights_path}", stacklevel=2)
             # Small images: a 3x3 stride-1 stem and no max-pool keep enough resolution.
             kernel, stride, pad = (3, 1, 1) if small_input else (7, 2, 3)
             net.conv1 = nn.Conv2d(in_channels, 64, kernel, stride, pad, bias=False)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -228,10 +229,25 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+def _key_value(value: Any) -> Any:
+    """JSON stand-in for a config value JSON cannot hold. Arrays by content (`str` abbreviates
+    big ones with '...', so two differing tensors would share a key); functions are refused
+    (`str` holds their address, so the key would change every process)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        array = np.ascontiguousarray(array)
+        return {"array": hashlib.sha256(array.tobytes()).hexdigest(),
+                "shape": list(array.shape), "dtype": str(array.dtype)}
+    if callable(value) and not isinstance(value, type):
+        raise TypeError(f"config value {value!r} is a function: put its name or settings in "
+                        f"the config instead")
+    return str(value)
+
+
 def config_key(name: str, cfg: Mapping[str, Any]) -> str:
     """A stable hash of (name, config, labkit version, `code_fingerprint`)."""
     payload = json.dumps({"name": name, "config": cfg, "version": labkit.__version__,
-                          "code": code_fingerprint()}, sort_keys=True, default=str)
+                          "code": code_fingerprint()}, sort_keys=True, default=_key_value)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

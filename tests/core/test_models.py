@@ -145,6 +145,16 @@ def test_torchvision_resnet_loads_local_weights(tmp_path):
         assert torch.allclose(loaded(x), trunk(x), atol=1e-5)
 
 
+def test_torchvision_resnet_says_when_it_replaces_the_loaded_stem(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pt"
+    torch.save(reference.state_dict(), path)
+    with pytest.warns(UserWarning, match="conv1 is re-initialised"):
+        small = TorchvisionResNet(18, weights_path=path, small_input=True)
+    assert small.body[0].kernel_size == (3, 3)
+    assert torch.equal(small.body[4][0].conv1.weight, reference.layer1[0].conv1.weight)
+
+
 def test_torchvision_resnet_missing_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         TorchvisionResNet(18, weights_path=tmp_path / "nothere.pt")

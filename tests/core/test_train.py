@@ -242,6 +242,19 @@ def test_config_key_is_stable():
     assert config_key("x", {"a": 1}) != config_key("y", {"a": 1})
 
 
+def test_config_key_hashes_arrays_by_content_and_refuses_functions():
+    a = torch.zeros(2000)
+    b = a.clone()
+    b[1000] = 1.0  # str() of both tensors is the same abbreviated text
+    assert str(a) == str(b)
+    assert config_key("x", {"w": a}) != config_key("x", {"w": b})
+    assert config_key("x", {"w": a}) == config_key("x", {"w": a.clone()})
+    assert config_key("x", {"w": a}) == config_key("x", {"w": a.numpy()})
+    assert config_key("x", {"t": torch.float32}) == config_key("x", {"t": torch.float32})
+    with pytest.raises(TypeError, match="function"):
+        config_key("x", {"f": lambda: 0})
+
+
 def test_config_key_follows_the_code(monkeypatch):
     before = config_key("x", {"a": 1})
     monkeypatch.setattr(train_module, "code_fingerprint", lambda: "another")
