@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--profile", default=None, help="quick | lab | full (default: LABKIT_PROFILE or lab)")
     rep.add_argument("--out", type=Path, default=Path("labkit-output"))
     rep.add_argument("--inplace", action="store_true", help="overwrite notebooks/ (maintainers)")
-    rep.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    rep.add_argument("--timeout", type=int, default=None,
+                     help="seconds per cell (default: 900 in quick, 3600 in lab and full)")
 
     bench = sub.add_parser("bench", help="run a benchmark and print what it measured")
     bench.add_argument("name", choices=sorted(BENCHMARKS))
@@ -40,13 +41,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "reproduce":
-        from labkit.cli.reproduce import run
+        from labkit.cli.reproduce import default_timeout, run
         from labkit.core import config
 
         profile = args.profile or os.environ.get("LABKIT_PROFILE", "lab")
         os.environ["LABKIT_PROFILE"] = profile
         config.profile()  # validates
-        return run(args.notebooks, args.out, profile, args.inplace, args.timeout)
+        timeout = args.timeout if args.timeout is not None else default_timeout(profile)
+        return run(args.notebooks, args.out, profile, args.inplace, timeout)
     if args.command == "bench":
         _load(BENCHMARKS[args.name])(args.args)
         return 0

@@ -38,16 +38,38 @@ def save_figures(notebook, folder: Path) -> int:
     return count
 
 
-def execute(path: Path, target: Path, profile: str, timeout: int) -> tuple[object, float]:
+def default_timeout(profile: str) -> int:
+    """Seconds a cell may run: quick cells take under a minute here, lab/full ones can train."""
+    return 900 if profile == "quick" else 3600
+
+
+def execute(path: Path, target: Path, profile: str, timeout: int,
+            attempts: int = 2) -> tuple[object, float]:
+    """Run the notebook at `path` in a fresh kernel and write it to `target`.
+
+    A cell that times out gets the whole notebook run again (up to `attempts` runs; cached
+    training is reused). The reason: now and then the kernel finishes a cell and sits idle while
+    the client still waits for its reply (seen with ipykernel 7.4 and 6.31, on notebooks 03 and
+    05, in about one fresh-cache run in three here); the cell timeout is then the only way out.
+    """
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
 
-    notebook = nbformat.read(path, as_version=4)
     os.environ["LABKIT_PROFILE"] = profile  # the kernel inherits both
     os.environ["LABKIT_PROGRESS"] = "0"  # a bar frozen in a stored output says nothing
     started = time.perf_counter()
-    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    for attempt in range(1, attempts + 1):
+        notebook = nbformat.read(path, as_version=4)
+        try:
+            NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            break
+        except CellTimeoutError:
+            if attempt == attempts:
+                raise
+            print(f"  {path.name}: a cell got no reply within {timeout} s; running the notebook "
+                  f"again ({attempt + 1} of {attempts})", flush=True)
     # Widget state (tqdm bars, sliders) has no front end here; stored, it only bloats the file.
     notebook.metadata.pop("widgets", None)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -112,3 +112,46 @@ def test_run_collects_notebooks_and_figures(tmp_path, monkeypatch, capsys):
     assert executed == [("00_a.ipynb", out / "notebooks" / "00_a.ipynb", "quick")]
     assert (out / "figures" / "00_a" / "cell00_01.png").exists()
     assert "1 figures" in capsys.readouterr().out
+
+
+class _FlakyClient:
+    """Stands in for nbclient.NotebookClient: the first `hangs` runs time out, the rest finish."""
+
+    runs = 0
+    hangs = 1
+
+    def __init__(self, notebook, **options):
+        self.notebook, self.options = notebook, options
+
+    def execute(self):
+        from nbclient.exceptions import CellTimeoutError
+
+        type(self).runs += 1
+        if type(self).runs <= type(self).hangs:
+            raise CellTimeoutError("no reply")
+        self.notebook.cells[0].outputs = [nbformat.v4.new_output("stream", text="done\n")]
+
+
+def test_execute_runs_a_timed_out_notebook_again(tmp_path, monkeypatch, capsys):
+    import nbclient
+    from nbclient.exceptions import CellTimeoutError
+
+    source = tmp_path / "00_x.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print('done')")]
+    nbformat.write(nb, source)
+    monkeypatch.setattr(nbclient, "NotebookClient", _FlakyClient)
+    monkeypatch.setattr(_FlakyClient, "runs", 0)
+    executed, _ = reproduce.execute(source, tmp_path / "out.ipynb", "quick", timeout=5)
+    assert _FlakyClient.runs == 2 and executed.cells[0].outputs[0]["text"] == "done\n"
+    assert "running the notebook again" in capsys.readouterr().out
+    assert (tmp_path / "out.ipynb").exists()
+    monkeypatch.setattr(_FlakyClient, "runs", 0)
+    monkeypatch.setattr(_FlakyClient, "hangs", 2)
+    with pytest.raises(CellTimeoutError):
+        reproduce.execute(source, tmp_path / "out.ipynb", "quick", timeout=5)
+
+
+def test_default_timeout_by_profile():
+    assert reproduce.default_timeout("quick") < reproduce.default_timeout("lab")
+    assert reproduce.default_timeout("full") == reproduce.default_timeout("lab")
