@@ -23,7 +23,8 @@ from PIL import Image
 
 from labkit.core import config
 
-IN_MEMORY = ("mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+EMBEDDED = ("mnist5k", "digits")  # shipped with the lab; train/test split by seed at load time
+IN_MEMORY = (*EMBEDDED, "mnist", "fashion_mnist", "cifar10", "cifar100")
 FOLDER_SETS = ("cub200", "cars196", "sop")
 KNOWN = IN_MEMORY + FOLDER_SETS
 SPLITS = ("train", "test")
@@ -392,7 +393,7 @@ def load_dataset(name: str, split: str = "train", *, seed: int = 0, download: bo
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
-    if key in ("mnist5k", "digits"):
+    if key in EMBEDDED:
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         return _embedded(key, split, seed, test_fraction)

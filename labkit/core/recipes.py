@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.core import config
-from labkit.core.data import ArrayDataset, load_dataset
+from labkit.core.data import EMBEDDED, ArrayDataset, load_dataset
 from labkit.core.evaluate import model_accuracy
 from labkit.core.models import Network, build_network, lenetpp_options
 from labkit.core.train import History, fit, load_or_train
@@ -48,7 +48,7 @@ def classifier_settings(**overrides) -> dict:
 def _splits(s: dict):
     """(train, test) of s["dataset"]; the embedded sets are split by s["seed"], both halves
     from the same split (a test half of another seed's split overlaps this train half)."""
-    split_seed = s["seed"] if s["dataset"] in ("mnist5k", "digits") else 0
+    split_seed = s["seed"] if s["dataset"] in EMBEDDED else 0
     return (load_dataset(s["dataset"], "train", seed=split_seed),
             load_dataset(s["dataset"], "test", seed=split_seed))
 

@@ -31,6 +31,7 @@ method (see ``_solve_log_beta``), which stops at convergence after 1-14 steps fo
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Literal, NamedTuple
@@ -88,16 +89,25 @@ def default_tol(dtype: torch.dtype) -> float:
     return 64.0 * torch.finfo(dtype).eps
 
 
-def _solve_input(costs: torch.Tensor, tol: float | None) -> tuple[torch.Tensor, float]:
-    """``costs`` in the dtype the solver runs in, and the tolerance (``default_tol`` if None).
+_HALF = (torch.float16, torch.bfloat16)
 
-    The input's dtype, but float32 for 16-bit floats: in bfloat16 the mass sum of 49 sigmoids
-    is off by percents and the tolerance (64 eps = 0.5) stops the first step wherever it lands
-    (μ = 0.3 came out as 0.49); in float16 a μ = 0.9 solve stalled. Callers cast the outputs
-    back, as autocast does for softmax.
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype GSP computes in: the inputs' promoted dtype, but float32 for 16-bit floats.
+
+    In bfloat16 the mass sum of 49 sigmoids is off by percents and the solver's tolerance
+    (64 eps = 0.5) stops the first step wherever it lands (μ = 0.3 came out as 0.49); in float16
+    a μ = 0.9 solve stalled; bfloat16 has no linear solve (the ZSR ridge). Callers cast the
+    outputs back, as autocast does for softmax.
     """
-    if costs.dtype in (torch.float16, torch.bfloat16):
-        costs = costs.float()
+    dtype = functools.reduce(torch.promote_types, dtypes)
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _solve_input(costs: torch.Tensor, tol: float | None) -> tuple[torch.Tensor, float]:
+    """``costs`` in the dtype the solver runs in (``_compute_dtype``), and the tolerance
+    (``default_tol`` if None)."""
+    costs = costs.to(_compute_dtype(costs.dtype))
     return costs, default_tol(costs.dtype) if tol is None else float(tol)
 
 
@@ -456,7 +466,7 @@ class GSP(nn.Module):
     def forward(self, feature_map: torch.Tensor, return_maps: bool = False
                 ) -> torch.Tensor | GSPOutput:
         dev = feature_map.device.type
-        if feature_map.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(dev):
+        if feature_map.dtype in _HALF or torch.is_autocast_enabled(dev):
             # The fixed point and the closed-form backward need float32 accuracy: no autocast.
             with torch.autocast(device_type=dev, enabled=False):
                 out = self._forward(feature_map.float(), return_maps)
@@ -541,9 +551,7 @@ def zero_shot_prediction_loss(histograms: torch.Tensor, labels: torch.Tensor,
         ib = torch.arange(1, num, 2, device=labels.device)
     else:
         raise ValueError(f"split must be 'halves' or 'interleave', got {split!r}")
-    dtype = torch.promote_types(histograms.dtype, class_embeddings.dtype)
-    if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32
+    dtype = _compute_dtype(histograms.dtype, class_embeddings.dtype)
     z, classes = histograms.to(dtype), class_embeddings.to(dtype)
     y = classes[labels]
 
