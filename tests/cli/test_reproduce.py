@@ -111,7 +111,8 @@ def test_run_collects_notebooks_and_figures(tmp_path, monkeypatch, capsys):
     assert reproduce.run([], out, "quick", inplace=False, timeout=10) == 0
     assert executed == [("00_a.ipynb", out / "notebooks" / "00_a.ipynb", "quick")]
     assert (out / "figures" / "00_a" / "cell00_01.png").exists()
-    assert "1 figures" in capsys.readouterr().out
+    table = capsys.readouterr().out.split("notebook ")[-1]
+    assert "00_a.ipynb" in table and "quick" in table and " 1  ok" in table
 
 
 class _FlakyClient:
@@ -133,14 +134,13 @@ class _FlakyClient:
 
 
 def test_execute_runs_a_timed_out_notebook_again(tmp_path, monkeypatch, capsys):
-    import nbclient
     from nbclient.exceptions import CellTimeoutError
 
     source = tmp_path / "00_x.ipynb"
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("print('done')")]
     nbformat.write(nb, source)
-    monkeypatch.setattr(nbclient, "NotebookClient", _FlakyClient)
+    monkeypatch.setattr(reproduce, "_client_class", lambda: _FlakyClient)
     monkeypatch.setattr(_FlakyClient, "runs", 0)
     executed, _ = reproduce.execute(source, tmp_path / "out.ipynb", "quick", timeout=5)
     assert _FlakyClient.runs == 2 and executed.cells[0].outputs[0]["text"] == "done\n"
@@ -155,3 +155,65 @@ def test_execute_runs_a_timed_out_notebook_again(tmp_path, monkeypatch, capsys):
 def test_default_timeout_by_profile():
     assert reproduce.default_timeout("quick") < reproduce.default_timeout("lab")
     assert reproduce.default_timeout("full") == reproduce.default_timeout("lab")
+
+
+def _write_notebook(path, *sources):
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources]),
+                   path)
+
+
+def test_run_goes_on_after_a_failing_notebook(tmp_path, capsys):
+    """Real kernels: the middle notebook raises; the others still run, the table says FAILED
+    for it, its partial output is written, and the exit code is 1."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _write_notebook(folder / "00_first.ipynb", "print('first ran')")
+    _write_notebook(folder / "01_broken.ipynb", "print('before')", "raise ValueError('planted')")
+    _write_notebook(folder / "02_last.ipynb", "print('last ran')")
+    out = tmp_path / "out"
+    assert reproduce.run([], out, "quick", inplace=False, timeout=60, folder=folder) == 1
+    printed = capsys.readouterr().out
+    table = printed[printed.index("status\n"):]
+    rows = {line.split()[0]: line for line in table.splitlines() if line.startswith("0")}
+    assert rows["00_first.ipynb"].endswith("ok") and rows["02_last.ipynb"].endswith("ok")
+    assert "FAILED" in rows["01_broken.ipynb"] and "planted" in rows["01_broken.ipynb"]
+    assert "1 of 3 notebooks FAILED: 01_broken.ipynb" in printed
+    last = nbformat.read(out / "notebooks" / "02_last.ipynb", as_version=4)
+    assert last.cells[0].outputs[0]["text"] == "last ran\n"
+    broken = nbformat.read(out / "notebooks" / "01_broken.ipynb", as_version=4)
+    assert broken.cells[0].outputs[0]["text"] == "before\n"
+    assert broken.cells[1].outputs[0]["output_type"] == "error"
+
+
+class _SilentChannel:
+    """A channel whose message is ready but whose waits return only when they time out, as when
+    the socket's read event is lost."""
+
+    def __init__(self, ready_after: int) -> None:
+        self.calls, self.ready_after, self.timeouts = 0, ready_after, []
+
+    async def get_msg(self, timeout=None):
+        import asyncio
+        from queue import Empty
+
+        self.calls += 1
+        self.timeouts.append(timeout)
+        await asyncio.sleep(timeout)
+        if self.calls <= self.ready_after:
+            raise Empty
+        return {"msg_type": "execute_reply"}
+
+
+def test_polled_channel_finds_a_message_without_a_read_event(monkeypatch):
+    import asyncio
+    from queue import Empty
+
+    monkeypatch.setattr(reproduce, "POLL_SLICE_S", 0.01)
+    channel = reproduce._PolledChannel(_SilentChannel(ready_after=2))
+    assert asyncio.run(channel.get_msg(timeout=None))["msg_type"] == "execute_reply"
+    assert channel.channel.calls == 3 and channel.recovered == 1
+    assert all(t <= 0.01 for t in channel.channel.timeouts)  # never one long wait
+    late = reproduce._PolledChannel(_SilentChannel(ready_after=10**6))
+    with pytest.raises(Empty):
+        asyncio.run(late.get_msg(timeout=0.05))
+    assert 3 <= late.channel.calls <= 6  # the overall timeout still holds
