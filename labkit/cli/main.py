@@ -1,4 +1,4 @@
-"""The `labkit` command: reproduce, bench, download."""
+"""The `labkit` command: reproduce, lab, bench, download."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--timeout", type=int, default=None,
                      help="seconds per cell (default: 900 in quick, 3600 in lab and full)")
 
+    lab = sub.add_parser("lab", help="open JupyterLab on a working copy of the notebooks")
+    lab.add_argument("--dir", type=Path, default=None,
+                     help="where the working copy lives (default: labkit-lab/ in the checkout)")
+    lab.add_argument("--fresh", action="store_true", help="overwrite the copies with the stored notebooks")
+    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to `jupyter lab`")
+
     bench = sub.add_parser("bench", help="run a benchmark and print what it measured")
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("args", nargs=argparse.REMAINDER)
@@ -49,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         config.profile()  # validates
         timeout = args.timeout if args.timeout is not None else default_timeout(profile)
         return run(args.notebooks, args.out, profile, args.inplace, timeout)
+    if args.command == "lab":
+        from labkit.cli import lab as lab_command
+
+        return lab_command.main(args.dir or lab_command.DEFAULT_COPY, args.fresh, args.jupyter_args)
     if args.command == "bench":
         _load(BENCHMARKS[args.name])(args.args)
         return 0
