@@ -26,7 +26,7 @@ from labkit.methods import reponet_experiments as rx
 from labkit.viz import reponet as vr
 from labkit.widgets import reponet as wr
 
-pio.renderers.default = "notebook_connected"  # keeps plotly.js out of the stored notebook
+pio.renderers.default = "plotly_mimetype"  # drawn by the JupyterLab extension plotly ships: no CDN, no plotly.js in the file
 plt.rcParams["figure.dpi"] = 72  # small stored PNGs
 print(config.describe())
 print({k: v for k, v in rx.recipe().items()})
