@@ -33,9 +33,9 @@ def classifier_settings(**overrides) -> dict:
     """Default settings of a softmax classifier run for the active profile."""
     settings = {
         "dataset": "mnist5k", "arch": "lenetpp", "feat_dim": 2, "head": "linear", "classes": None,
-        "epochs": config.pick(quick=1, lab=25, full=40), "batch_size": 64, "optimizer": "sgd",
+        "epochs": config.pick(quick=6, lab=25, full=40), "batch_size": 64, "optimizer": "sgd",
         "lr": 0.02, "weight_decay": 5e-4, "schedule": "cosine", "seed": 0,
-        "train_per_class": config.pick(quick=60, lab=None, full=None), "probe_per_class": 50,
+        "train_per_class": None, "probe_per_class": 50,
         "backbone": lenetpp_options() if "arch" not in overrides or overrides["arch"] == "lenetpp" else {},
     }
     unknown = set(overrides) - set(settings) - {"tag"}

@@ -48,16 +48,16 @@ def sweep_settings(dataset: str = "mnist5k") -> dict[str, Any]:
         # VGG-style members; (8, 16) with two pools keeps a 7x7 FDL map on 28x28 MNIST.
         "widths": (64, 128, 256) if cifar else config.pick(quick=(4, 8), lab=(8, 16), full=(32, 64)),
         "feat_dim": config.pick(quick=16, lab=128, full=128),
-        "steps": config.pick(quick=4, lab=100, full=3000),
+        "steps": config.pick(quick=60, lab=100, full=3000),
         "batch_size": config.pick(quick=16, lab=10, full=10),  # the code's batch size is 10
         "lr": 1e-3,
         "lambda_cos": 1.0,
         "lambda_euc": 10.0,
-        "fusion_steps": config.pick(quick=2, lab=40, full=1000),
-        "finetune_steps": config.pick(quick=1, lab=10, full=400),
+        "fusion_steps": config.pick(quick=20, lab=40, full=1000),
+        "finetune_steps": config.pick(quick=5, lab=10, full=400),
         "finetune_lr": 1e-5,
         "test_size": config.pick(quick=100, lab=500, full=None),  # None: the whole test split
-        "cam_size": config.pick(quick=16, lab=50, full=500),  # test images for the Grad-CAM IoU
+        "cam_size": config.pick(quick=32, lab=50, full=500),  # test images for the Grad-CAM IoU
     }
 
 

@@ -158,10 +158,10 @@ def zoo_settings() -> dict[str, Any]:
     shared CPU an oversubscribed thread pool made training ~10x slower in our measurements.
     """
     return config.pick(
-        quick=dict(dataset="mnist5k", archs=("mlp", "lenet5"), seeds=(0, 1), dim=16, epochs=1,
-                   train_per_class=60, test_per_class=30, batch_size=64, optimizer="adam", lr=2e-3,
+        quick=dict(dataset="mnist5k", archs=("mlp", "lenet5"), seeds=(0, 1), dim=16, epochs=3,
+                   train_per_class=150, test_per_class=30, batch_size=64, optimizer="adam", lr=2e-3,
                    schedule=None, arch_options={}, low_dim=4, low_dim_arch="mlp",
-                   open_seen=7, open_seen_per_class=60, open_unseen_per_class=40, open_epochs=1,
+                   open_seen=7, open_seen_per_class=150, open_unseen_per_class=40, open_epochs=3,
                    cpu_threads=1),
         lab=dict(dataset="mnist5k", archs=("mlp", "lenet5", "mobilenet", "vgg"), seeds=(0, 1),
                  dim=32, epochs=4, train_per_class=None, test_per_class=None, batch_size=64,

@@ -38,9 +38,9 @@ def recipe() -> dict[str, Any]:
     vertices than AdamW (39 vs 26 degrees on average).
     """
     return config.pick(
-        quick=dict(dataset="mnist5k", arch="lenetpp", train_per_class=12, probe_per_class=4,
-                   test_per_class=10,
-                   epochs=1, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=0.05),
+        quick=dict(dataset="mnist5k", arch="lenetpp", train_per_class=150, probe_per_class=10,
+                   test_per_class=30,
+                   epochs=3, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=0.05),
         lab=dict(dataset="mnist5k", arch="lenetpp", train_per_class=None, probe_per_class=30,
                  test_per_class=None,
                  epochs=10, batch_size=64, lr=2e-3, optimizer="adamw", weight_decay=0.05),

@@ -38,9 +38,10 @@ def test_quick_fixed_run_records_everything_and_keeps_vertices():
     result = rx.train(cfg, progress=False)
     history = result["history"]
     assert len(history.snapshots) == 3 and history.snapshot_epochs == [0, 1, 2]
-    assert history.snapshots[0].shape == (16, 3)
+    recipe = rx.recipe()
+    assert history.snapshots[0].shape == (4 * recipe["probe_per_class"], 3)
     assert all({"nc1", "nc2", "nc3", "nc4"} <= set(row) for row in history.epochs)
-    assert result["test_features"].shape == (40, 3)  # quick: 10 test images per class
+    assert result["test_features"].shape == (4 * recipe["test_per_class"], 3)
     assert 0.0 <= result["accuracy"] <= 1.0
     assert torch.equal(result["model"].head.weight, rp.polytope_vertices("simplex", 4))
     assert result["head_params"] == {"trainable": 0, "fixed": 12}
