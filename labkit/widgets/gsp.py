@@ -57,17 +57,32 @@ def static_figure(costs: torch.Tensor, image: torch.Tensor, shape: tuple[int, in
     return plot_weight_grid(image, weights)
 
 
+def selective_gamma(costs: torch.Tensor, spread: float = 10.0) -> float:
+    """The γ at which the costs (K, n) of one image differ by about `spread` nats (γ times
+    their standard deviation), rounded to two significant digits: the transport's softmax over
+    features then separates them, so μ visibly changes which ones are kept. At γ·std ≪ 1 every
+    μ gives nearly uniform weights, i.e. GAP."""
+    std = float(costs.double().std())
+    if not std > 0:
+        raise ValueError("the costs are all equal: no γ makes the transport selective")
+    return float(f"{spread / std:.2g}")
+
+
 class TransportExplorer:
-    """μ and γ sliders over one image; ``.widget`` is the ipywidgets box to display."""
+    """μ and γ sliders over one image; ``.widget`` is the ipywidgets box to display.
+
+    gamma: the initial γ; None opens at `selective_gamma(costs)`, where moving μ shows.
+    """
 
     def __init__(self, costs: torch.Tensor, image: torch.Tensor, shape: tuple[int, int],
-                 mu: float = 0.3, gamma: float = 5.0, top: int = 4) -> None:
+                 mu: float = 0.3, gamma: float | None = None, top: int = 4) -> None:
         import ipywidgets as w
 
         self.costs, self.image, self.shape, self.top = costs, image, tuple(shape), top
+        gamma = selective_gamma(costs) if gamma is None else gamma
         self.mu = w.FloatSlider(value=mu, min=0.05, max=1.0, step=0.05, description="μ",
                                 continuous_update=False)
-        self.gamma = w.FloatLogSlider(value=gamma, base=10, min=-1, max=1.7, step=0.05,
+        self.gamma = w.FloatLogSlider(value=gamma, base=10, min=-1, max=3, step=0.05,
                                       description="γ", continuous_update=False)
         self.out = w.Output()
         self.mu.observe(lambda _: self.redraw(), names="value")
@@ -105,7 +120,7 @@ class TransportExplorer:
 
 
 def transport_explorer(backbone: nn.Module, neck: GSP, image: torch.Tensor, mu: float = 0.3,
-                       gamma: float = 5.0) -> TransportExplorer:
+                       gamma: float | None = None) -> TransportExplorer:
     """Build a ``TransportExplorer`` for one image from a trained backbone + GSP neck."""
     costs, shape = image_costs(backbone, neck, image)
     return TransportExplorer(costs, image.cpu(), shape, mu=mu, gamma=gamma)

@@ -55,7 +55,7 @@ def explorer_figure(zoo: Zoo, src: str, dst: str, method: str = "affine", **opti
     a, b = zoo.member(src), zoo.member(dst)
     plot_mapped_scatter(b.test_emb, emb_map(a.test_emb.double()), zoo.test_labels, ax=left,
                         title=f"{src} -> {dst} ({method})", max_points=300)
-    bars = {f"A = {src}": metrics["source_accuracy"], f"B = {dst}": metrics["target_accuracy"],
+    bars = {f"A\n{src}": metrics["source_accuracy"], f"B\n{dst}": metrics["target_accuracy"],
             "A mapped,\nB's head": metrics["accuracy"]}
     right.bar(range(3), list(bars.values()), color=["tab:blue", "tab:orange", "tab:green"])
     right.set_xticks(range(3), list(bars), fontsize=8)
@@ -91,17 +91,30 @@ class MapExplorer:
                                    description="fit pairs", continuous_update=False)
         self.output = w.Output()
         self.message = w.HTML()
+        self.hint = w.HTML()
         for control in (self.src, self.dst, self.method, self.rank, self.alpha, self.n_pairs):
             control.observe(lambda _change: self.update(), names="value")
         self.widget = w.VBox([w.HBox([self.src, self.dst, self.method]),
-                              w.HBox([self.rank, self.alpha, self.n_pairs]), self.message, self.output])
+                              w.HBox([self.rank, self.alpha, self.n_pairs]), self.hint, self.message,
+                              self.output])
         self.metrics: dict[str, float] = {}
         self.update()
+
+    def _enable_applicable(self) -> None:
+        """Grey out the sliders the chosen map does not read, and say which ones apply."""
+        method = self.method.value
+        self.rank.disabled = method != "reduced_rank"
+        self.alpha.disabled = method != "ridge"
+        self.n_pairs.disabled = method in ("heads (closed form)", "identity")
+        live = [c.description for c in (self.rank, self.alpha, self.n_pairs) if not c.disabled]
+        self.hint.value = (f"<i>{method}: {', '.join(live)} apply</i>" if live else
+                           f"<i>{method}: nothing to fit, so no slider applies</i>")
 
     def update(self) -> None:
         """Re-fit the chosen map and redraw; a map that cannot be built shows why instead."""
         from IPython.display import display
 
+        self._enable_applicable()
         options: dict[str, Any] = {"n_pairs": self.n_pairs.value}
         if self.method.value == "ridge":
             options["alpha"] = self.alpha.value

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import html
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,22 +54,6 @@ def replay(results: Sequence[dict[str, Any]]):
     return widgets.VBox([widgets.HBox([picker, slider]), out])
 
 
-class _ShowWhenReady:
-    """Displays the LiveScatter's FigureWidget in `out` once its first frame exists."""
-
-    def __init__(self, live: LiveScatter, out: Any) -> None:
-        self.live, self.out, self.shown = live, out, False
-
-    def on_epoch_end(self, state: Any) -> None:
-        self.live.on_epoch_end(state)
-        if not self.shown and self.live.widget is not None:
-            from IPython.display import display
-
-            with self.out:
-                display(self.live.widget)
-            self.shown = True
-
-
 def settings_config(kind: str, classes: int, feat_dim: int | None, loss: str, epochs: int) -> dict[str, Any]:
     """The run config behind the panel's controls; loss in {"softmax", "margin", "center"}."""
     if loss not in ("softmax", "margin", "center"):
@@ -81,39 +67,92 @@ def settings_config(kind: str, classes: int, feat_dim: int | None, loss: str, ep
                          epochs=epochs)
 
 
-def train_panel():
-    """Controls (classifier, classes, feature dim, loss, epochs) and a Train button; training
-    streams the probe features after each epoch and ends with test accuracy and angles."""
-    import ipywidgets as widgets
+class TrainPanel:
+    """Controls (classifier, classes, feature dim, loss, epochs), a Train button and a live view.
 
-    kind = widgets.Dropdown(options=["simplex", "orthoplex", "cube", "polygon", "learned", "hadamard"],
-                            value="simplex", description="classifier")
-    classes = widgets.IntSlider(value=4, min=2, max=10, description="classes")
-    feat_dim = widgets.IntText(value=0, description="d (0=auto)")
-    loss = widgets.ToggleButtons(options=["softmax", "margin", "center"], value="softmax",
-                                 description="loss")
-    epochs = widgets.IntSlider(value=3, min=1, max=30, description="epochs")
-    button = widgets.Button(description="Train", button_style="primary")
-    out = widgets.Output()
+    Training runs in a background thread, so the kernel keeps answering the front end: the
+    probe features appear after the first epoch and are redrawn after each one, while a
+    progress bar and the disabled button say that it is busy. `widget` is what to display.
+    """
 
-    def start(_: Any) -> None:
-        out.clear_output()
-        with out:
-            try:
-                cfg = settings_config(kind.value, classes.value, feat_dim.value or None, loss.value,
-                                      epochs.value)
-            except ValueError as error:
-                print(f"impossible setting: {error}")
-                return
+    def __init__(self) -> None:
+        import ipywidgets as widgets
+
+        self.kind = widgets.Dropdown(options=["simplex", "orthoplex", "cube", "polygon", "learned",
+                                              "hadamard"], value="simplex", description="classifier")
+        self.classes = widgets.IntSlider(value=4, min=2, max=10, description="classes")
+        self.feat_dim = widgets.IntText(value=0, description="d (0=auto)")
+        self.loss = widgets.ToggleButtons(options=["softmax", "margin", "center"], value="softmax",
+                                          description="loss")
+        self.epochs = widgets.IntSlider(value=3, min=1, max=30, description="epochs")
+        self.button = widgets.Button(description="Train", button_style="primary")
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="epoch",
+                                            layout=widgets.Layout(visibility="hidden"))
+        self.status = widgets.HTML("choose settings and press Train")
+        self.figure = widgets.Box()
+        self.live: LiveScatter | None = None
+        self.result: dict[str, Any] | None = None
+        self.thread: threading.Thread | None = None
+        self.button.on_click(self.start)
+        controls = widgets.VBox([self.kind, self.classes, self.feat_dim, self.loss, self.epochs,
+                                 self.button, self.progress])
+        self.widget = widgets.HBox([controls, widgets.VBox([self.status, self.figure])])
+
+    def start(self, _: Any = None, *, background: bool = True) -> None:
+        """Begin a run with the current settings (`background=False`: in this thread)."""
+        if self.thread is not None and self.thread.is_alive():
+            return
+        try:
+            cfg = settings_config(self.kind.value, self.classes.value, self.feat_dim.value or None,
+                                  self.loss.value, self.epochs.value)
+        except ValueError as error:
+            self.status.value = f"<b>impossible setting:</b> {html.escape(str(error))}"
+            return
+        self.button.disabled = True
+        self.progress.max, self.progress.value = cfg["epochs"], 0
+        self.progress.layout.visibility = "visible"
+        self.figure.children = ()
+        self.result = None
+        self.status.value = (f"training {html.escape(rx.label(cfg))} on {len(cfg['classes'])} "
+                             f"classes: epoch 0/{cfg['epochs']} ...")
+        if background:
+            self.thread = threading.Thread(target=self._run, args=(cfg,), daemon=True)
+            self.thread.start()
+        else:
+            self._run(cfg)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the current run ends (for scripts and tests)."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def on_epoch_end(self, state: Any) -> None:
+        self.live.on_epoch_end(state)
+        if not self.figure.children and self.live.widget is not None:
+            self.figure.children = (self.live.widget,)
+        self.progress.value = state.epoch
+        self.status.value = f"training: epoch {state.epoch}/{self.progress.max} ..."
+
+    def _run(self, cfg: dict[str, Any]) -> None:
+        try:
             _, _, probe = rx.load_data(cfg)
-            model = rx.build_model(cfg)
-            live = LiveScatter(probe.images, probe.labels, directions=rx.class_directions(model))
-            print(f"training {rx.label(cfg)} on {len(cfg['classes'])} classes ...")
-        result = rx.train(cfg, callbacks=[_ShowWhenReady(live, out)], progress=False)
-        with out:
-            print(f"test accuracy {100 * result['accuracy']:.1f}%, max angle of a class mean to its "
-                  f"direction {float(result['angle_to_direction'].max()):.1f}°")
+            fixed = cfg["head"] in rx.POLYTOPES or cfg["head"] == "hadamard"
+            # a learned head's rays would be its initial weights, which training moves away from
+            directions = rx.class_directions(rx.build_model(cfg)) if fixed else None
+            self.live = LiveScatter(probe.images, probe.labels, directions=directions)
+            self.result = rx.train(cfg, callbacks=[self], progress=False)
+            self.status.value = (
+                f"{html.escape(rx.label(cfg))}: test accuracy {100 * self.result['accuracy']:.1f}%, "
+                f"max angle of a class mean to its direction "
+                f"{float(self.result['angle_to_direction'].max()):.1f}°")
+        except Exception as error:  # a thread's exception would otherwise vanish
+            self.status.value = f"<b>training failed:</b> {html.escape(repr(error))}"
+            raise
+        finally:
+            self.button.disabled = False
+            self.progress.layout.visibility = "hidden"
 
-    button.on_click(start)
-    controls = widgets.VBox([kind, classes, feat_dim, loss, epochs, button])
-    return widgets.HBox([controls, out])
+
+def train_panel():
+    """The "train with these settings" panel (see `TrainPanel`), ready to display."""
+    return TrainPanel().widget

@@ -59,3 +59,19 @@ def test_image_costs_and_static_figure():
     plt.close("all")
     with pytest.raises(ValueError, match="GSP"):
         wg.image_costs(backbone, nn.Identity(), image)
+
+
+def test_explorer_opens_where_mu_changes_the_kept_share():
+    # costs spread as narrowly as a trained layer's (std ~0.1): at γ = 5 every μ keeps all cells
+    torch.manual_seed(0)
+    costs = 0.9 + 0.1 * torch.randn(8, 49)
+    kept = {}
+    for gamma in (5.0, wg.selective_gamma(costs)):
+        kept[gamma] = [float((wg.weight_map(costs, mu, gamma, (7, 7))[0] > 0.5).float().mean())
+                       for mu in (0.15, 0.85)]
+    assert kept[5.0] == [1.0, 1.0]
+    assert kept[wg.selective_gamma(costs)][0] < 0.7 < kept[wg.selective_gamma(costs)][1]
+    ex = wg.TransportExplorer(costs, torch.rand(1, 28, 28), (7, 7))
+    assert ex.gamma.value == pytest.approx(wg.selective_gamma(costs), rel=0.06)  # the slider's step
+    with pytest.raises(ValueError, match="all equal"):
+        wg.selective_gamma(torch.ones(3, 4))

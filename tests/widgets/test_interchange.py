@@ -40,7 +40,9 @@ def test_explorer_figure_has_scatter_and_bars(zoo):
 def test_map_explorer_callbacks_refit(zoo):
     explorer = wid.MapExplorer(zoo, "toy0", "toy1")
     first = explorer.metrics["retention"]
+    assert explorer.rank.disabled and explorer.alpha.disabled and not explorer.n_pairs.disabled
     explorer.method.value = "reduced_rank"
+    assert not explorer.rank.disabled and explorer.alpha.disabled
     explorer.rank.value = 1
     assert explorer.metrics["r2"] < 0.9  # a rank-1 map cannot carry a 6-d space
     explorer.method.value = "affine"
@@ -50,5 +52,7 @@ def test_map_explorer_callbacks_refit(zoo):
     assert explorer.metrics["r2"] < full_r2
     explorer.dst.value = explorer.src.value
     explorer.method.value = "identity"
+    assert explorer.rank.disabled and explorer.alpha.disabled and explorer.n_pairs.disabled
+    assert "no slider applies" in explorer.hint.value
     assert explorer.metrics["r2"] == pytest.approx(1.0)
     assert wid.map_explorer(zoo) is not None

@@ -34,6 +34,31 @@ def test_settings_config(monkeypatch):
 
 
 def test_train_panel_builds():
-    panel = wr.train_panel()
-    controls, out = panel.children
-    assert [c.description for c in controls.children][-1] == "Train"
+    controls, view = wr.train_panel().children
+    assert [c.description for c in controls.children][-2:] == ["Train", "epoch"]
+
+
+def test_train_panel_streams_frames_in_the_background(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_PROFILE", "quick")
+    panel = wr.TrainPanel()
+    panel.classes.value, panel.epochs.value = 3, 2
+    seen = []
+    panel.progress.observe(lambda change: seen.append((change["new"], panel.button.disabled,
+                                                       len(panel.figure.children))), names="value")
+    panel.start()
+    assert panel.button.disabled and panel.thread.is_alive()  # start returned while training
+    panel.wait(timeout=300)
+    assert not panel.thread.is_alive()
+    # the figure is shown from the first epoch on, and the button stays disabled until the end
+    assert seen == [(1, True, 1), (2, True, 1)]
+    assert panel.live.widget.layout.title.text == "epoch 2" and len(panel.live.frames) == 2
+    assert not panel.button.disabled and "test accuracy" in panel.status.value
+    assert 0.0 <= panel.result["accuracy"] <= 1.0
+
+
+def test_train_panel_reports_an_impossible_setting():
+    panel = wr.TrainPanel()
+    panel.kind.value, panel.loss.value = "learned", "margin"
+    panel.start()
+    assert panel.thread is None and "impossible setting" in panel.status.value
+    assert not panel.button.disabled
