@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     lab.add_argument("--dir", type=Path, default=None,
                      help="where the working copy lives (default: labkit-lab/ in the checkout)")
     lab.add_argument("--fresh", action="store_true", help="overwrite the copies with the stored notebooks")
-    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to `jupyter lab`")
+    lab.add_argument("jupyter_args", nargs="*",
+                     help="passed on to `jupyter lab` (e.g. --no-browser --port=8899)")
 
     bench = sub.add_parser("bench", help="run a benchmark and print what it measured")
     bench.add_argument("name", choices=sorted(BENCHMARKS))
@@ -45,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     download = sub.add_parser("download", help="download a torchvision dataset to LABKIT_DATA")
     download.add_argument("name", choices=["mnist", "fashion_mnist", "cifar10", "cifar100"])
 
-    args = parser.parse_args(argv)
+    # `jupyter lab` options look like ours, so the lab command takes the ones it does not know
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "lab":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "lab":
+        args.jupyter_args = [*args.jupyter_args, *unknown]
     if args.command == "reproduce":
         from labkit.cli.reproduce import default_timeout, run
         from labkit.core import config

@@ -96,7 +96,8 @@ def plotly_features(features, labels, *, class_names: Sequence[str] | None = Non
                                 line=dict(color="black", width=3), marker=dict(size=3), **coords))
     figure_class = go.FigureWidget if widget else go.Figure
     fig = figure_class(data=traces)
-    fig.update_layout(title=title, width=520, height=480, margin=dict(l=0, r=0, t=30, b=0))
+    fig.update_layout(title=title, width=520, height=480, margin=dict(l=0, r=0, t=30, b=0),
+                      modebar=dict(orientation="v"))  # a top toolbar would cover the title
     if dim == 2:
         fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return fig

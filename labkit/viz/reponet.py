@@ -60,7 +60,8 @@ def polytope_figure(kind: str, num_classes: int):
     phi = math.degrees(rp.min_vertex_angle(w))
     fig = go.Figure(data=traces)
     fig.update_layout(title=f"{kind}, K={num_classes}: min angle φ = {phi:.1f}°", width=380, height=360,
-                      margin=dict(l=0, r=0, t=30, b=0), scene=dict(aspectmode="cube"))
+                      margin=dict(l=0, r=0, t=30, b=0), scene=dict(aspectmode="cube"),
+                      modebar=dict(orientation="v"))  # a top toolbar would cover the title
     return fig
 
 

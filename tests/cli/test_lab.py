@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from labkit.cli import lab
 
 
@@ -27,3 +29,14 @@ def test_default_copy_is_ignored_by_git():
     root = lab.NOTEBOOK_DIR.parent
     ignore = (root / ".gitignore").read_text().split()
     assert f"/{lab.DEFAULT_COPY.name}/" in ignore
+
+
+def test_lab_command_passes_jupyter_options_on(monkeypatch, tmp_path):
+    from labkit.cli import main as cli
+
+    calls = []
+    monkeypatch.setattr(lab, "main", lambda *args: calls.append(args) or 0)
+    assert cli.main(["lab", "--dir", str(tmp_path), "--no-browser", "--ServerApp.port=8899"]) == 0
+    assert calls == [(tmp_path, False, ["--no-browser", "--ServerApp.port=8899"])]
+    with pytest.raises(SystemExit):
+        cli.main(["download", "mnist", "--no-browser"])
