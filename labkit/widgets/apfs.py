@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from labkit.viz.apfs import plot_round, plot_sweep
+from labkit.widgets.sync import serialized
 
 
 def static_rounds(geometry: Mapping[str, Any], rounds: Sequence[int] | None = None) -> Figure:
@@ -44,6 +45,7 @@ class RoundExplorer:
         fig = plt.figure(figsize=(10, 4.6))
         return plot_round(self.geometry, round_index, fig=fig)
 
+    @serialized
     def redraw(self) -> None:
         with self.out:
             self.out.clear_output(wait=True)
@@ -79,6 +81,7 @@ class SweepExplorer:
     def _values(self, parameter: str) -> list:
         return sorted(dict.fromkeys(r["value"] for r in self.sweeps[parameter]))
 
+    @serialized
     def _on_parameter(self, _: Any) -> None:
         self.value.options = self._values(self.parameter.value)
         self.redraw()
@@ -87,6 +90,7 @@ class SweepExplorer:
         return plot_sweep(self.sweeps[parameter], self.metric, highlight=value,
                           fig=plt.figure(figsize=(10, 3.4)))
 
+    @serialized
     def redraw(self) -> None:
         with self.out:
             self.out.clear_output(wait=True)

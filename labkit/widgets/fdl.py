@@ -18,6 +18,7 @@ from IPython.display import display
 from matplotlib.figure import Figure
 
 from labkit.viz.fdl import plot_cam_grid, plot_lambda_tradeoff
+from labkit.widgets.sync import serialized
 
 
 def record_name(record: Mapping[str, Any]) -> str:
@@ -57,6 +58,7 @@ class CamExplorer:
         preds = {record_name(r): r["preds"][:, index] for r in self.records}
         return plot_cam_grid(self.images[index], cams, preds, int(self.labels[index]), self.class_names)
 
+    @serialized
     def _draw(self, index: int) -> None:
         with self.out:
             self.out.clear_output(wait=True)
@@ -97,6 +99,7 @@ class LambdaExplorer:
                              self.class_names)
         return trade, grid
 
+    @serialized
     def _draw(self) -> None:
         with self.out:
             self.out.clear_output(wait=True)

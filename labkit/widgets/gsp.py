@@ -15,6 +15,7 @@ from torch import nn
 
 from labkit.methods.gsp import GSP, gsp_transport, prototype_costs, transport_weights
 from labkit.viz.gsp import overlay_weights, plot_weight_grid
+from labkit.widgets.sync import serialized
 
 
 def weight_map(costs: torch.Tensor, mu: float, gamma: float, shape: tuple[int, int]
@@ -107,6 +108,7 @@ class TransportExplorer:
         fig.tight_layout()
         return fig
 
+    @serialized
     def redraw(self):
         """Re-solve for the sliders' values and re-draw; returns the figure."""
         fig = self.figure(float(self.mu.value), float(self.gamma.value))

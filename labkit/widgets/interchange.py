@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 from labkit.methods import interchange as ic
 from labkit.methods.interchange_experiments import Zoo, evaluate_map, fit_pair
 from labkit.viz.interchange import plot_mapped_scatter
+from labkit.widgets.sync import serialized
 
 __all__ = ["explorer_metrics", "explorer_figure", "MapExplorer", "map_explorer"]
 
@@ -110,6 +111,7 @@ class MapExplorer:
         self.hint.value = (f"<i>{method}: {', '.join(live)} apply</i>" if live else
                            f"<i>{method}: nothing to fit, so no slider applies</i>")
 
+    @serialized
     def update(self) -> None:
         """Re-fit the chosen map and redraw; a map that cannot be built shows why instead."""
         from IPython.display import display

@@ -9,6 +9,7 @@ import torch
 
 from labkit.core.train import History
 from labkit.viz.features import project, scatter_features
+from labkit.widgets.sync import serialized
 
 
 def snapshot_figure(history: History, labels: torch.Tensor, index: int, *, directions=None,
@@ -37,6 +38,7 @@ def snapshot_player(history: History, labels: torch.Tensor, *, directions=None,
         value=len(history.snapshots) - 1, description="epoch")
     out = widgets.Output()
 
+    @serialized
     def draw(index: int) -> None:
         with out:
             out.clear_output(wait=True)

@@ -14,6 +14,7 @@ from labkit.methods import reponet_experiments as rx
 from labkit.viz import reponet as vr
 from labkit.viz.features import scatter_features
 from labkit.widgets.live import LiveScatter
+from labkit.widgets.sync import serialized
 
 
 def draw_snapshot(result: dict[str, Any], index: int, ax=None):
@@ -40,6 +41,7 @@ def replay(results: Sequence[dict[str, Any]]):
                                continuous_update=False)
     out = widgets.Output()
 
+    @serialized
     def draw(*_: Any) -> None:
         result = results[picker.value]
         slider.max = len(result["history"].snapshots) - 1
@@ -98,6 +100,7 @@ class TrainPanel:
                                  self.button, self.progress])
         self.widget = widgets.HBox([controls, widgets.VBox([self.status, self.figure])])
 
+    @serialized  # two clicks arriving on two kernel threads start one run
     def start(self, _: Any = None, *, background: bool = True) -> None:
         """Begin a run with the current settings (`background=False`: in this thread)."""
         if self.thread is not None and self.thread.is_alive():

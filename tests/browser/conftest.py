@@ -74,7 +74,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"browser test: {count} screenshots in {folder}")
 
 
-@pytest.fixture(scope="session")
+# module scope: Playwright's sync API keeps an asyncio loop running in this thread until it
+# stops, and tests of asyncio code that run later need none to be running
+@pytest.fixture(scope="module")
 def lab_server(tmp_path_factory):
     """(base url, token, working copy) of JupyterLab started the README's way, `labkit lab`,
     on a working copy in a temporary folder."""
@@ -120,7 +122,7 @@ def lab_server(tmp_path_factory):
     log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     """Headless Chromium (the system's), via Playwright."""
     try:

@@ -166,6 +166,7 @@ def _check_train_panel(page, element, shots: Path, stem: str) -> None:
     """Press Train: at least two live frames arrive, while the panel shows it is busy."""
     element.screenshot(path=shots / f"{stem}-before.png")
     element.locator("button", has_text="Train").click()
+    clicked = time.monotonic()
     titles: list[str] = []
     busy = False
     deadline = time.monotonic() + 600
@@ -179,6 +180,7 @@ def _check_train_panel(page, element, shots: Path, stem: str) -> None:
         for title in poll["titles"]:
             if title and (not titles or titles[-1] != title):
                 titles.append(title)
+                print(f"train panel: {title!r} drawn {time.monotonic() - clicked:.1f} s after the click")
         if "test accuracy" in poll["text"] or "failed" in poll["text"]:
             break
         if len(titles) == 1 and not (shots / f"{stem}-first-frame.png").exists():
@@ -207,7 +209,7 @@ def test_notebook_in_the_browser(lab_page, lab_server, shots_dir, name):
         notebook = page.locator(".jp-Notebook").first
         text = notebook.inner_text()
         for bad in ("Error displaying widget", "Loading widget", "model not found",
-                    "Plotly is not defined"):
+                    "Plotly is not defined", "Traceback"):  # a traceback: a widget's callback raised
             assert bad not in text, f"{name}: the page shows {bad!r}"
         reprs = re.findall(r"\b[A-Z]\w*\(children=", text)
         assert not reprs, f"{name}: widgets shown as text: {reprs}"
@@ -270,6 +272,9 @@ def test_notebook_in_the_browser(lab_page, lab_server, shots_dir, name):
                     _await_redraw(page, element, before, what)
                 finally:
                     element.screenshot(path=shots_dir / f"{wstem}-after-{label}.png")
+                shown = element.inner_text()
+                assert "Traceback" not in shown, \
+                    f"{name}: widget {w}'s {control['label']!r} ({move}) raised:\n{shown[-3000:]}"
                 moved += 1
             assert moved, f"{name}: widget {w} has no enabled control"
         assert not page.blocked, f"{name}: requests off the local server: {page.blocked[:5]}"
