@@ -9,7 +9,7 @@ pairs beyond beta. Fixing one *representative* r_c per class relaxes the constra
 
 each solved by `lifetime` (T) SGD steps on batches that all contain the same representatives.
 
-How far each piece can be trusted (see the spec, shared/methods/05_alternating_projections.md):
+How far each piece can be trusted (only the paper's abstract was available):
 
 - verified (abstract): the feasibility view, relaxed sets built from one representative per
   class, alternating projections as "a typical loss + a regularisation term", hard class mining

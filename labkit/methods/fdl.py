@@ -5,8 +5,7 @@ penalises the *similarity* of the members' last (post-pooling) feature maps, so 
 pushed to attend elsewhere, and the ensemble becomes more diverse and (the paper says) better,
 most visibly with few training images per class.
 
-Everything here follows the authors' Keras code as summarised in
-shared/methods/02_feature_distance_loss.md:
+Everything here follows the authors' Keras code:
 
 * descriptor d_m: channel mean of member m's map, then an above-(spatial)-mean mask;
 * S_cos = sum_{i<j} cos(vec d_i, vec d_j), S_euc = sum_{i<j} mean_hw exp(-(d_i - d_j)^2);

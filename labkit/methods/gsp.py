@@ -7,9 +7,8 @@ fraction μ of the total mass is transported, so the layer may switch off up to 
 features (background, nuisance). The pooled vector is the transported-mass weighted average of
 the features; at μ = 1 every feature is fully transported and GSP is exactly GAP.
 
-Reconstruction notice: only the paper's abstract was available. Everything here follows the
-method spec (``shared/methods/04_generalized_sum_pooling.md``), which reconstructs the maths from
-the authors' code; the paper's notation and numbers are UNVERIFIED.
+Reconstruction notice: only the paper's abstract was available. Everything here reconstructs the
+maths from the authors' code; the paper's notation and numbers are UNVERIFIED.
 
 Problem per image, costs c (K, n), ε = 1/γ::
 

@@ -5,7 +5,7 @@ linear maps of each other. Mapping network A's embedding f_A into B's space with
 f_B ~ M f_A + t keeps most of the accuracy of B's own head (closed set) and of B's verification
 scores on identities never seen in training (open set).
 
-This module holds the method's pure pieces (see shared/methods/03_embedding_interchangeability.md):
+This module holds the method's pure pieces:
 
 * maps: `map_from_heads` (closed form from the logit layers, M = W_B^+ W_A, t = W_B^+ (b_A - b_B))
   and `fit_map` (least-squares affine, ridge, orthogonal Procrustes, reduced-rank regression),

@@ -183,8 +183,8 @@ display(wfdl.LambdaExplorer(cam_images, cam_labels, records).widget)
 # * **Why this may differ from the paper:** a tiny budget (the paper trains 300 epochs with
 #   augmentation and picks the best epoch on 2,000 validation images, which flatters few-shot
 #   runs); centred MNIST digits give five members little redundant evidence to split on a 7×7 map;
-#   8/16-channel members. The paper's own tables could not be checked (see the spec,
-#   `shared/methods/02_feature_distance_loss.md`).
+#   8/16-channel members. The paper's own tables could not be checked (only its abstract
+#   was available).
 #
 # **Try next:** smaller weights such as the code's ResNet/TEX (1, 0.1); more steps
 # (`LABKIT_PROFILE=full`, 3,000 steps and 5 seeds; CIFAR-10 with `fx.sweep_settings("cifar10")`

@@ -13,9 +13,8 @@
 # can even be written down from the logit layers alone.
 #
 # **Honesty note.** We could not read the paper's full text; the lab follows a spec rebuilt from
-# the abstracts and a review (`shared/methods/03_embedding_interchangeability.md`). Details marked
-# UNVERIFIED there (the exact fitting set, ridge λ = 1, the pair protocol) are our choices, said so
-# where they are used. Everything runs on the embedded `mnist5k` digits, far from ImageNet.
+# the abstracts and a review. Details that spec could not verify (the exact fitting set, ridge
+# λ = 1, the pair protocol) are our choices, said so where they are used. Everything runs on the embedded `mnist5k` digits, far from ImageNet.
 
 # %%
 import matplotlib.pyplot as plt

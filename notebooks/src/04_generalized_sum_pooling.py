@@ -2,9 +2,8 @@
 # # 04 · Generalized Sum Pooling for metric learning
 #
 # *Gürbüz, Şener, Alatan (ICCV 2023, arXiv 2308.09228).* Only the paper's abstract was
-# available to us; the maths below is reconstructed from the authors' code (see
-# `shared/methods/04_generalized_sum_pooling.md`), so equation forms and any numbers the paper
-# reports are **unverified**. What this notebook shows is our own re-implementation, run here.
+# available to us; the maths below is reconstructed from the authors' code, so equation forms
+# and any numbers the paper reports are **unverified**. What this notebook shows is our own re-implementation, run here.
 #
 # **Claim.** Global average pooling (GAP) is one special case of an entropy-smoothed *partial*
 # optimal-transport problem between a conv map's local features and a few learnable
