@@ -72,7 +72,7 @@ def run_config(head: str, *, classes: int | Sequence[int] = 10, feat_dim: int | 
     if len(ids) < 2:
         raise ValueError(f"need at least 2 classes, got {ids}")
     k = len(ids)
-    if head in POLYTOPES or head == "hadamard":
+    if is_fixed_head(head):
         natural = rp.polytope_dim(head, k)
         feat_dim = natural if feat_dim is None else feat_dim
         rp.polytope_vertices(head, k, feat_dim)  # raises a clear error on an impossible d
@@ -117,6 +117,11 @@ def build_model(cfg: dict[str, Any]) -> Network:
     channels = 3 if cfg["dataset"].startswith("cifar") else 1
     return build_network(cfg["arch"], channels, len(cfg["classes"]), cfg["feat_dim"],
                          head=make_head(cfg), image_size=image_size, **cfg["backbone"])
+
+
+def is_fixed_head(head: str) -> bool:
+    """Whether the classifier `head` is fixed (a polytope or Hadamard vertices, not trained)."""
+    return head in POLYTOPES or head == "hadamard"
 
 
 def class_directions(model: Network) -> torch.Tensor:
@@ -208,7 +213,7 @@ def train(cfg: dict[str, Any], *, progress: bool = True, callbacks: Sequence[Any
     features = evaluate.embed(model, test.images)
     logits = model.head(features.to(device)).detach().float().cpu()
     directions = class_directions(model)
-    fixed = cfg["head"] in POLYTOPES or cfg["head"] == "hadamard"
+    fixed = is_fixed_head(cfg["head"])
     head_counts = rp.parameter_counts(model.head)
     if center is not None:
         head_counts["trainable"] += rp.parameter_counts(center)["trainable"]

@@ -94,6 +94,7 @@ class TrainPanel:
         self.figure = widgets.Box()
         self.live: LiveScatter | None = None
         self.result: dict[str, Any] | None = None
+        self.config: dict[str, Any] | None = None
         self.thread: threading.Thread | None = None
         self.button.on_click(self.start)
         controls = widgets.VBox([self.kind, self.classes, self.feat_dim, self.loss, self.epochs,
@@ -101,8 +102,8 @@ class TrainPanel:
         self.widget = widgets.HBox([controls, widgets.VBox([self.status, self.figure])])
 
     @serialized  # two clicks arriving on two kernel threads start one run
-    def start(self, _: Any = None, *, background: bool = True) -> None:
-        """Begin a run with the current settings (`background=False`: in this thread)."""
+    def start(self, _: Any = None) -> None:
+        """Begin a run with the current settings, in a background thread."""
         if self.thread is not None and self.thread.is_alive():
             return
         try:
@@ -118,11 +119,8 @@ class TrainPanel:
         self.result = None
         self.status.value = (f"training {html.escape(rx.label(cfg))} on {len(cfg['classes'])} "
                              f"classes: epoch 0/{cfg['epochs']} ...")
-        if background:
-            self.thread = threading.Thread(target=self._run, args=(cfg,), daemon=True)
-            self.thread.start()
-        else:
-            self._run(cfg)
+        self.thread = threading.Thread(target=self._run, args=(cfg,), daemon=True)
+        self.thread.start()
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the current run ends (for scripts and tests)."""
@@ -130,6 +128,9 @@ class TrainPanel:
             self.thread.join(timeout)
 
     def on_epoch_end(self, state: Any) -> None:
+        if self.live.widget is None and rx.is_fixed_head(self.config["head"]):
+            # rays only for fixed vertices: a learned head's would go stale as it trains
+            self.live.directions = rx.class_directions(state.model)
         self.live.on_epoch_end(state)
         if not self.figure.children and self.live.widget is not None:
             self.figure.children = (self.live.widget,)
@@ -139,10 +140,8 @@ class TrainPanel:
     def _run(self, cfg: dict[str, Any]) -> None:
         try:
             _, _, probe = rx.load_data(cfg)
-            fixed = cfg["head"] in rx.POLYTOPES or cfg["head"] == "hadamard"
-            # a learned head's rays would be its initial weights, which training moves away from
-            directions = rx.class_directions(rx.build_model(cfg)) if fixed else None
-            self.live = LiveScatter(probe.images, probe.labels, directions=directions)
+            self.config = cfg
+            self.live = LiveScatter(probe.images, probe.labels)
             self.result = rx.train(cfg, callbacks=[self], progress=False)
             self.status.value = (
                 f"{html.escape(rx.label(cfg))}: test accuracy {100 * self.result['accuracy']:.1f}%, "

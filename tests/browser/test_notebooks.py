@@ -47,8 +47,8 @@ SIGNATURE = """el => {
   return parts.join(' ');
 }"""
 
-CONTROLS = """el => [...el.querySelectorAll(
-    '.widget-slider, .widget-dropdown, .widget-toggle-buttons, .widget-checkbox, .widget-button')]
+CONTROL_SELECTOR = ".widget-slider, .widget-dropdown, .widget-toggle-buttons, .widget-checkbox, .widget-button"
+CONTROLS = """el => [...el.querySelectorAll('%s')]
   .map((c, index) => {
     const kind = ['slider', 'dropdown', 'toggle-buttons', 'checkbox', 'button']
       .find(k => c.classList.contains('widget-' + k));
@@ -58,7 +58,7 @@ CONTROLS = """el => [...el.querySelectorAll(
       : target.hasAttribute('disabled') || [...c.querySelectorAll('button')].some(b => b.disabled);
     return {index, kind, disabled,
             label: (label ? label.textContent : c.textContent).trim() || kind};
-  })"""
+  })""".replace("%s", CONTROL_SELECTOR)
 
 PLOTS = """nb => [...nb.querySelectorAll('.js-plotly-plot')]
   .filter(p => !p.closest('.jupyter-widgets'))
@@ -262,9 +262,7 @@ def test_notebook_in_the_browser(lab_page, lab_server, shots_dir, name):
                 if control["disabled"] or control["kind"] == "button":
                     continue
                 before = _signature(element)
-                locator = element.locator(
-                    ".widget-slider, .widget-dropdown, .widget-toggle-buttons, .widget-checkbox, "
-                    ".widget-button").nth(control["index"])
+                locator = element.locator(CONTROL_SELECTOR).nth(control["index"])
                 move = _move(page, locator, control["kind"])
                 what = f"{name}: widget {w}'s {control['label']!r} ({move}) to redraw its figure"
                 label = re.sub(r"\W+", "_", control["label"]).strip("_") or control["kind"]

@@ -2,7 +2,9 @@
 
 import matplotlib
 import pytest
+import torch
 
+from labkit.methods import reponet_experiments as rx
 from labkit.widgets import reponet as wr
 
 matplotlib.use("Agg")
@@ -54,6 +56,12 @@ def test_train_panel_streams_frames_in_the_background(monkeypatch, tmp_path):
     assert panel.live.widget.layout.title.text == "epoch 2" and len(panel.live.frames) == 2
     assert not panel.button.disabled and "test accuracy" in panel.status.value
     assert 0.0 <= panel.result["accuracy"] <= 1.0
+    # a fixed head's rays are its vertices, which training leaves where they are
+    assert torch.equal(panel.live.directions, rx.class_directions(panel.result["model"]))
+    panel.kind.value = "learned"
+    panel.start()
+    panel.wait(timeout=300)
+    assert panel.live.directions is None  # no rays for a head that moves
 
 
 def test_train_panel_reports_an_impossible_setting():
