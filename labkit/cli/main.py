@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--profile", default=None, help="quick | lab | full (default: LABKIT_PROFILE or lab)")
     rep.add_argument("--out", type=Path, default=Path("labkit-output"))
     rep.add_argument("--inplace", action="store_true", help="overwrite notebooks/ (maintainers)")
+    rep.add_argument("--check", action="store_true",
+                     help="re-execute in each notebook's stored profile and list every printed "
+                          "line that differs from the stored notebook (timings excepted)")
     rep.add_argument("--timeout", type=int, default=None,
                      help="seconds per cell (default: 900 in quick, 3600 in lab and full)")
 
@@ -53,14 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "lab":
         args.jupyter_args = [*args.jupyter_args, *unknown]
     if args.command == "reproduce":
-        from labkit.cli.reproduce import default_timeout, run
+        from labkit.cli.reproduce import run
         from labkit.core import config
 
-        profile = args.profile or os.environ.get("LABKIT_PROFILE", "lab")
-        os.environ["LABKIT_PROFILE"] = profile
-        config.profile()  # validates
-        timeout = args.timeout if args.timeout is not None else default_timeout(profile)
-        return run(args.notebooks, args.out, profile, args.inplace, timeout)
+        if args.check and args.inplace:
+            parser.error("--check compares with the stored notebooks: it cannot overwrite them")
+        profile = args.profile or (None if args.check else os.environ.get("LABKIT_PROFILE", "lab"))
+        if profile is not None:
+            os.environ["LABKIT_PROFILE"] = profile
+            config.profile()  # validates
+        return run(args.notebooks, args.out, profile, args.inplace, args.timeout, check=args.check)
     if args.command == "lab":
         from labkit.cli import lab as lab_command
 

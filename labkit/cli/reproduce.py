@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import difflib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -125,28 +127,66 @@ def execute(path: Path, target: Path, profile: str, timeout: int,
             break
         except CellTimeoutError:
             if attempt == attempts:
-                _write(notebook, target)
+                _write(notebook, target, profile)
                 raise
             print(f"  {path.name}: a cell got no reply within {timeout} s; running the notebook "
                   f"again ({attempt + 1} of {attempts})", flush=True)
         except Exception:
-            _write(notebook, target)
+            _write(notebook, target, profile)
             raise
         finally:
             if getattr(client, "recovered", 0):
                 print(f"  {path.name}: {client.recovered} kernel messages arrived without a "
                       "read event (found by the 1-s poll check)", flush=True)
-    _write(notebook, target)
+    _write(notebook, target, profile)
     return notebook, time.perf_counter() - started
 
 
-def _write(notebook, target: Path) -> None:
+def _write(notebook, target: Path, profile: str) -> None:
     import nbformat
 
-    # Widget state (tqdm bars, sliders) has no front end here; stored, it only bloats the file.
+    from labkit.widgets.picture import picture_only
+
+    # Widget state (tqdm bars, sliders) has no front end here; stored, it only bloats the file,
+    # and a widget view without it can only be reported missing: its picture stands instead.
     notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            picture_only(output)
+    notebook.metadata["labkit"] = {"profile": profile}
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, target)
+
+
+def stored_profile(notebook) -> str:
+    """The profile a stored notebook was executed with (`lab` for one written before
+    `labkit reproduce` recorded it)."""
+    return notebook.metadata.get("labkit", {}).get("profile", "lab")
+
+
+_TIMING = re.compile(r"\d+(?:\.\d+)?\s*(?:ms|s|sec|seconds|min|it/s|s/it)\b")
+
+
+def printed_lines(notebook) -> list[str]:
+    """What the notebook printed: its stdout and its plain-text results, line by line, with
+    every timing replaced by `<time>` (they differ from run to run)."""
+    lines = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stdout":
+                text = output.get("text", "")
+            elif output.get("output_type") == "execute_result" and set(output.get("data", {})) == {"text/plain"}:
+                text = output["data"]["text/plain"]
+            else:
+                continue
+            lines.extend(_TIMING.sub("<time>", line) for line in text.splitlines())
+    return lines
+
+
+def printed_differences(stored, fresh) -> list[str]:
+    """The printed lines that differ, as `- stored` / `+ now` lines (empty when none)."""
+    diff = difflib.unified_diff(printed_lines(stored), printed_lines(fresh), lineterm="", n=0)
+    return [line for line in diff if line[:1] in "-+" and line[:3] not in ("---", "+++")]
 
 
 def _failure(error: BaseException) -> str:
@@ -167,31 +207,54 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(names: list[str], out: Path, profile: str, inplace: bool, timeout: int,
-        folder: Path | None = None) -> int:
+def run(names: list[str], out: Path, profile: str | None, inplace: bool, timeout: int | None,
+        folder: Path | None = None, check: bool = False) -> int:
     """Execute the chosen notebooks one after the other; a failing notebook does not stop the
-    rest. Prints a summary table; returns 1 if any notebook failed, else 0."""
+    rest. Writes the static site to `out`/site. With `check`, each notebook runs in the
+    profile it was stored with (unless `profile` is given) and every printed line that differs
+    from the stored notebook is listed. Prints a summary table; returns 1 if any notebook
+    failed or differed, else 0."""
+    import nbformat
+
+    from labkit.cli.site import build_site
+
     notebooks = find_notebooks(names, folder or NOTEBOOK_DIR)
-    print(f"labkit reproduce: {len(notebooks)} notebooks, profile={profile}", flush=True)
-    rows = []
+    mode = "checking against the stored outputs" if check else f"profile={profile}"
+    print(f"labkit reproduce: {len(notebooks)} notebooks, {mode}", flush=True)
+    rows, written = [], []
     for path in notebooks:
-        target = path if inplace else out / "notebooks" / path.name
+        stored = nbformat.read(path, as_version=4)
+        run_profile = profile or stored_profile(stored)
+        target = path if inplace and not check else out / "notebooks" / path.name
         started = time.perf_counter()
         try:
-            notebook, seconds = execute(path, target, profile, timeout)
+            notebook, seconds = execute(path, target, run_profile,
+                                        timeout or default_timeout(run_profile))
             status = "ok"
         except Exception as error:  # noqa: BLE001 - reported in the table, the others still run
             notebook, seconds, status = None, time.perf_counter() - started, f"FAILED ({_failure(error)})"
+        if notebook is not None and check:
+            differences = printed_differences(stored, notebook)
+            if differences:
+                status = f"DIFFERS ({len(differences)} printed lines)"
+                print(f"  {path.name}: printed lines that differ from the stored notebook:\n    "
+                      + "\n    ".join(differences), flush=True)
         figures = save_figures(notebook, out / "figures" / path.stem) if notebook and not inplace else 0
-        rows.append(dict(notebook=path.name, profile=profile, seconds=seconds, figures=figures,
+        rows.append(dict(notebook=path.name, profile=run_profile, seconds=seconds, figures=figures,
                          status=status))
+        written.append((target, status))
         print(f"  {path.name}: {seconds:6.1f} s, {status} -> {target}", flush=True)
     print("\n" + summary_table(rows), flush=True)
-    failed = [row["notebook"] for row in rows if row["status"] != "ok"]
+    index = build_site(written, out / "site", profile or "stored")
+    print(f"\nThe static site (no kernel, no network needed): {index}", flush=True)
+    bad = [row["notebook"] for row in rows if row["status"] != "ok"]
     if not inplace:
-        print(f"\nExecuted notebooks and figures are in {out}/. Explore them interactively with:\n"
+        print(f"Executed notebooks and figures are in {out}/. Explore them interactively with:\n"
               f"  labkit lab  (a working copy of the notebooks; the stored ones stay as they are)")
-    if failed:
-        print(f"\n{len(failed)} of {len(rows)} notebooks FAILED: {', '.join(failed)}", flush=True)
+    if bad:
+        verb = "FAILED or DIFFER" if check else "FAILED"
+        print(f"\n{len(bad)} of {len(rows)} notebooks {verb}: {', '.join(bad)}", flush=True)
         return 1
+    if check:
+        print("\nEvery printed line matches the stored notebooks (timings excepted).", flush=True)
     return 0

@@ -94,7 +94,7 @@ def test_save_figures_without_images(tmp_path):
 def test_run_collects_notebooks_and_figures(tmp_path, monkeypatch, capsys):
     source = tmp_path / "src"
     source.mkdir()
-    (source / "00_a.ipynb").write_text("{}")
+    nbformat.write(nbformat.v4.new_notebook(), source / "00_a.ipynb")
     red, _ = _png((255, 0, 0))
     executed = []
 
@@ -217,3 +217,65 @@ def test_polled_channel_finds_a_message_without_a_read_event(monkeypatch):
     with pytest.raises(Empty):
         asyncio.run(late.get_msg(timeout=0.05))
     assert 3 <= late.channel.calls <= 6  # the overall timeout still holds
+
+
+def _printing(*texts, profile=None):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"print({text!r})", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=text + "\n")]) for text in texts])
+    if profile:
+        nb.metadata["labkit"] = {"profile": profile}
+    return nb
+
+
+def test_printed_differences_list_changed_lines_but_not_timings():
+    stored = _printing("accuracy 95.7%", "trained in 12.3 s", "done")
+    fresh = _printing("accuracy 94.9%", "trained in 8.0 s", "done")
+    fresh.cells.append(nbformat.v4.new_code_cell("fig", outputs=[nbformat.v4.new_output(
+        "execute_result", data={"text/plain": "<Figure>", "image/png": "x"}, execution_count=1)]))
+    assert reproduce.printed_lines(stored)[1] == "trained in <time>"
+    assert reproduce.printed_differences(stored, fresh) == ["-accuracy 95.7%", "+accuracy 94.9%"]
+    assert reproduce.printed_differences(stored, stored) == []
+
+
+def test_write_records_the_profile_and_replaces_stateless_widgets_by_their_pictures(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("w", outputs=[
+        nbformat.v4.new_output("display_data", data={
+            "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2,
+                                                         "version_minor": 0},
+            "image/png": "iVBORw0KGgo=", "text/plain": "a widget"})])])
+    nb.metadata["widgets"] = {"state": "big"}
+    reproduce._write(nb, tmp_path / "nb.ipynb", "quick")
+    stored = nbformat.read(tmp_path / "nb.ipynb", as_version=4)
+    assert reproduce.stored_profile(stored) == "quick" and "widgets" not in stored.metadata
+    assert set(stored.cells[0].outputs[0].data) == {"image/png", "text/plain"}
+    assert reproduce.stored_profile(nbformat.v4.new_notebook()) == "lab"
+
+
+def test_check_reexecutes_in_the_stored_profile_and_reports_differences(tmp_path, capsys):
+    """Real kernels: one stored notebook still prints what it stored, one does not."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    same = _printing("profile quick", profile="quick")
+    same.cells[0].source = "import os; print('profile', os.environ['LABKIT_PROFILE'])"
+    nbformat.write(same, folder / "00_same.ipynb")
+    changed = _printing("stored 1", profile="quick")
+    changed.cells[0].source = "print('stored', 2)"
+    nbformat.write(changed, folder / "01_changed.ipynb")
+    out = tmp_path / "out"
+    assert reproduce.run([], out, None, inplace=False, timeout=60, folder=folder, check=True) == 1
+    printed = capsys.readouterr().out
+    assert "-stored 1" in printed and "+stored 2" in printed
+    table = printed[printed.index("status\n"):]
+    rows = {line.split()[0]: line for line in table.splitlines() if line.startswith("0")}
+    assert rows["00_same.ipynb"].endswith("ok") and " quick " in rows["00_same.ipynb"]
+    assert "DIFFERS (2 printed lines)" in rows["01_changed.ipynb"]
+    assert nbformat.read(folder / "01_changed.ipynb", as_version=4).cells[0].outputs[0].text == "stored 1\n"
+    assert (out / "site" / "index.html").is_file() and (out / "site" / "01_changed.html").is_file()
+
+
+def test_check_refuses_to_overwrite_the_stored_notebooks(capsys):
+    from labkit.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--check", "--inplace"])
+    assert "cannot overwrite" in capsys.readouterr().err

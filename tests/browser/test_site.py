@@ -1,0 +1,125 @@
+"""The static site of `labkit reproduce --profile quick --out OUT`, opened from disk in headless
+Chromium with the network off: the index shows every notebook with its headline figure, every
+page draws its plotly figures from the one local plotly.js, every kernel-free slider has more
+than one step and moving it changes the plotted data, and no widget shows as its text repr.
+
+CI passes the site its main job wrote as $LABKIT_SITE_DIR; elsewhere the test runs
+`labkit reproduce --profile quick` itself (the session's cache makes a rerun cheap).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted(path.stem for path in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+# every plotly figure of the page: drawn or not, its slider steps, and a hash of its data
+PLOTS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => ({
+  drawn: !!gd._fullLayout && gd.querySelectorAll('.main-svg').length > 0,
+  steps: ((gd.layout.sliders || [])[0] || {steps: []}).steps.length,
+  active: ((gd.layout.sliders || [])[0] || {}).active || 0,
+}))"""
+DATA_HASH = """(gd) => {
+  const text = JSON.stringify(gd.data, (key, value) => ArrayBuffer.isView(value) ? Array.from(value) : value);
+  let hash = 0;
+  for (let i = 0; i < text.length; i++) hash = (hash * 31 + text.charCodeAt(i)) | 0;
+  return text.length + ':' + hash;
+}"""
+
+
+@pytest.fixture(scope="module")
+def site_dir(tmp_path_factory) -> Path:
+    given = os.environ.get("LABKIT_SITE_DIR")
+    if given:
+        return Path(given)
+    out = tmp_path_factory.mktemp("reproduce")
+    env = dict(os.environ, LABKIT_PROFILE="quick")
+    done = subprocess.run([sys.executable, "-m", "labkit.cli.main", "reproduce", "--profile", "quick",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, f"labkit reproduce failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
+    return out / "site"
+
+
+@pytest.fixture
+def offline_page(browser):
+    """A page that may load file:// and data: URLs only; `page.blocked` lists the rest."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    blocked: list[str] = []
+
+    def route(request_route) -> None:
+        url = request_route.request.url
+        if url.startswith(("file://", "data:", "blob:")):
+            request_route.continue_()
+        else:
+            blocked.append(url)
+            request_route.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.blocked = blocked
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    yield page
+    context.close()
+
+
+def test_the_index_lists_every_notebook_with_its_figure(offline_page, site_dir, shots_dir):
+    page = offline_page
+    page.goto((site_dir / "index.html").as_uri())
+    cards = page.locator("a.card")
+    assert sorted(cards.nth(i).get_attribute("href") for i in range(cards.count())) == \
+        [f"{name}.html" for name in NOTEBOOKS]
+    pictures = page.evaluate("() => [...document.querySelectorAll('a.card img')].map(i => i.naturalWidth)")
+    assert len(pictures) == len(NOTEBOOKS) and all(width > 0 for width in pictures), pictures
+    assert "FAILED" not in page.inner_text("body")
+    page.screenshot(path=shots_dir / "site-index.png", full_page=True)
+    assert not page.blocked and not page.errors, (page.blocked, page.errors)
+
+
+def _move_slider(page, plot, target: int, steps: int) -> None:
+    """Click the slider's rail where step `target` sits."""
+    rail = plot.locator(".slider-rail-touch-rect").first
+    box = rail.bounding_box()
+    x = box["x"] + box["width"] * (target + 0.5) / steps
+    page.mouse.click(x, box["y"] + box["height"] / 2)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_a_page_plays_without_kernel_or_network(offline_page, site_dir, shots_dir, name):
+    page = offline_page
+    page.goto((site_dir / f"{name}.html").as_uri())
+    page.wait_for_load_state("load")
+    text = page.inner_text("body")
+    reprs = re.findall(r"\b[A-Z]\w*\(children=", text)
+    assert not reprs, f"{name}: widgets shown as text: {reprs}"
+    assert "Traceback" not in text, f"{name}: the page holds a traceback"
+    plots = page.evaluate(PLOTS)
+    assert all(plot["drawn"] for plot in plots), f"{name}: undrawn plotly figures {plots}"
+    figures = page.locator(".js-plotly-plot")
+    stem = name[:2]
+    for i, plot in enumerate(plots):
+        if not plot["steps"]:
+            continue
+        assert plot["steps"] > 1, f"{name}: figure {i}'s slider has a single step"
+        figure = figures.nth(i)
+        figure.scroll_into_view_if_needed()
+        before = figure.evaluate(DATA_HASH)
+        target = 0 if plot["active"] != 0 else plot["steps"] - 1
+        _move_slider(page, figure, target, plot["steps"])
+        try:
+            page.wait_for_function(f"([gd, before]) => ({DATA_HASH})(gd) !== before",
+                                   arg=[figure.element_handle(), before], timeout=10_000)
+        finally:
+            figure.screenshot(path=shots_dir / f"site-{stem}-plot{i}-step{target}.png")
+        active = figure.evaluate("gd => gd.layout.sliders[0].active")
+        assert active == target, f"{name}: figure {i}'s slider went to step {active}, not {target}"
+    page.screenshot(path=shots_dir / f"site-{stem}.png")
+    assert not page.blocked, f"{name}: requests off the disk: {page.blocked[:5]}"
+    assert not page.errors, f"{name}: script errors: {page.errors[:5]}"
