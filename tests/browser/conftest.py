@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -165,3 +166,52 @@ def lab_page(browser, lab_server):
     page.goto(f"{base}/lab?token={token}")
     yield page
     context.close()
+
+
+# every plotly figure under a root: drawn or not, its slider's steps and active step
+PLOTLY_FIGURES = """(root) => [...root.querySelectorAll('.js-plotly-plot')].map(gd => ({
+  drawn: !!gd._fullLayout && gd.querySelectorAll('.main-svg').length > 0,
+  steps: ((gd.layout.sliders || [])[0] || {steps: []}).steps.length,
+  active: ((gd.layout.sliders || [])[0] || {}).active || 0,
+}))"""
+DATA_HASH = """(gd) => {
+  const text = JSON.stringify(gd.data, (key, value) => ArrayBuffer.isView(value) ? Array.from(value) : value);
+  let hash = 0;
+  for (let i = 0; i < text.length; i++) hash = (hash * 31 + text.charCodeAt(i)) | 0;
+  return text.length + ':' + hash;
+}"""
+
+
+def play_sliders(page, root, shots: Path, stem: str) -> int:
+    """Move the slider of every plotly figure under `root` (a locator) to another step, by a
+    click on its rail, and check that the plotted data change; returns how many it moved."""
+    plots = root.evaluate(PLOTLY_FIGURES)
+    figures = root.locator(".js-plotly-plot")
+    moved = 0
+    for i, plot in enumerate(plots):
+        if not plot["steps"]:
+            continue
+        assert plot["steps"] > 1, f"{stem}: figure {i}'s slider has a single step"
+        figure = figures.nth(i)
+        figure.scroll_into_view_if_needed()
+        before = figure.evaluate(DATA_HASH)
+        target = 0 if plot["active"] != 0 else plot["steps"] - 1
+        box = figure.locator(".slider-rail-touch-rect").first.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * (target + 0.5) / plot["steps"],
+                         box["y"] + box["height"] / 2)
+        try:
+            page.wait_for_function(f"([gd, before]) => ({DATA_HASH})(gd) !== before",
+                                   arg=[figure.element_handle(), before], timeout=10_000)
+        finally:
+            figure.screenshot(path=shots / f"{stem}-slider{i}-step{target}.png")
+        active = figure.evaluate("gd => gd.layout.sliders[0].active")
+        assert active == target, f"{stem}: figure {i}'s slider went to step {active}, not {target}"
+        moved += 1
+    return moved
+
+
+@pytest.fixture
+def plotly_checks():
+    """`figures(root)` (PLOTLY_FIGURES under a locator) and `play_sliders`, for the tests: a
+    fixture, because test modules do not import conftest under importlib mode."""
+    return SimpleNamespace(figures=lambda root: root.evaluate(PLOTLY_FIGURES), play_sliders=play_sliders)

@@ -1,6 +1,6 @@
 """Every notebook in a real browser: Run All in JupyterLab, no errors, every plotly figure drawn
-(3-D ones turn when dragged), every widget rendered, and every enabled control of every widget
-changes its figure. Screenshots of each widget before and after go to `shots_dir`.
+(3-D ones turn when dragged, kernel-free sliders change the plotted data), every widget
+rendered, and every enabled control of every widget changes its figure. Screenshots of each widget before and after go to `shots_dir`.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def _check_train_panel(page, element, shots: Path, stem: str) -> None:
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_in_the_browser(lab_page, lab_server, shots_dir, name):
+def test_notebook_in_the_browser(lab_page, lab_server, shots_dir, plotly_checks, name):
     page = lab_page
     base, token, working_copy = lab_server
     stored = (REPO / "notebooks" / name).read_bytes()
@@ -237,6 +237,8 @@ def test_notebook_in_the_browser(lab_page, lab_server, shots_dir, name):
             page.wait_for_timeout(300)
             figure.screenshot(path=shots_dir / f"{stem}-plot{i}-after-drag.png")
             assert figure.evaluate(CAMERA) != eye, f"{name}: dragging 3-D figure {i} left its camera at {eye}"
+        # the kernel-free sliders: their frames play in JupyterLab's plotly renderer
+        plotly_checks.play_sliders(page, notebook, shots_dir, stem)
 
         outputs = _widget_outputs(page)
         # the model holds more widget outputs than the page: a closed widget (a finished tqdm

@@ -20,19 +20,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted(path.stem for path in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
-# every plotly figure of the page: drawn or not, its slider steps, and a hash of its data
-PLOTS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => ({
-  drawn: !!gd._fullLayout && gd.querySelectorAll('.main-svg').length > 0,
-  steps: ((gd.layout.sliders || [])[0] || {steps: []}).steps.length,
-  active: ((gd.layout.sliders || [])[0] || {}).active || 0,
-}))"""
-DATA_HASH = """(gd) => {
-  const text = JSON.stringify(gd.data, (key, value) => ArrayBuffer.isView(value) ? Array.from(value) : value);
-  let hash = 0;
-  for (let i = 0; i < text.length; i++) hash = (hash * 31 + text.charCodeAt(i)) | 0;
-  return text.length + ':' + hash;
-}"""
-
 
 @pytest.fixture(scope="module")
 def site_dir(tmp_path_factory) -> Path:
@@ -83,16 +70,8 @@ def test_the_index_lists_every_notebook_with_its_figure(offline_page, site_dir, 
     assert not page.blocked and not page.errors, (page.blocked, page.errors)
 
 
-def _move_slider(page, plot, target: int, steps: int) -> None:
-    """Click the slider's rail where step `target` sits."""
-    rail = plot.locator(".slider-rail-touch-rect").first
-    box = rail.bounding_box()
-    x = box["x"] + box["width"] * (target + 0.5) / steps
-    page.mouse.click(x, box["y"] + box["height"] / 2)
-
-
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_a_page_plays_without_kernel_or_network(offline_page, site_dir, shots_dir, name):
+def test_a_page_plays_without_kernel_or_network(offline_page, site_dir, shots_dir, plotly_checks, name):
     page = offline_page
     page.goto((site_dir / f"{name}.html").as_uri())
     page.wait_for_load_state("load")
@@ -100,26 +79,11 @@ def test_a_page_plays_without_kernel_or_network(offline_page, site_dir, shots_di
     reprs = re.findall(r"\b[A-Z]\w*\(children=", text)
     assert not reprs, f"{name}: widgets shown as text: {reprs}"
     assert "Traceback" not in text, f"{name}: the page holds a traceback"
-    plots = page.evaluate(PLOTS)
+    body = page.locator("body")
+    plots = plotly_checks.figures(body)
     assert all(plot["drawn"] for plot in plots), f"{name}: undrawn plotly figures {plots}"
-    figures = page.locator(".js-plotly-plot")
-    stem = name[:2]
-    for i, plot in enumerate(plots):
-        if not plot["steps"]:
-            continue
-        assert plot["steps"] > 1, f"{name}: figure {i}'s slider has a single step"
-        figure = figures.nth(i)
-        figure.scroll_into_view_if_needed()
-        before = figure.evaluate(DATA_HASH)
-        target = 0 if plot["active"] != 0 else plot["steps"] - 1
-        _move_slider(page, figure, target, plot["steps"])
-        try:
-            page.wait_for_function(f"([gd, before]) => ({DATA_HASH})(gd) !== before",
-                                   arg=[figure.element_handle(), before], timeout=10_000)
-        finally:
-            figure.screenshot(path=shots_dir / f"site-{stem}-plot{i}-step{target}.png")
-        active = figure.evaluate("gd => gd.layout.sliders[0].active")
-        assert active == target, f"{name}: figure {i}'s slider went to step {active}, not {target}"
-    page.screenshot(path=shots_dir / f"site-{stem}.png")
+    moved = plotly_checks.play_sliders(page, body, shots_dir, f"site-{name[:2]}")
+    assert moved == sum(1 for plot in plots if plot["steps"])
+    page.screenshot(path=shots_dir / f"site-{name[:2]}.png")
     assert not page.blocked, f"{name}: requests off the disk: {page.blocked[:5]}"
     assert not page.errors, f"{name}: script errors: {page.errors[:5]}"
