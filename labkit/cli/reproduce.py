@@ -165,13 +165,17 @@ def stored_profile(notebook) -> str:
 
 
 _TIMING = re.compile(r"\d+(?:\.\d+)?\s*(?:ms|s|sec|seconds|min|it/s|s/it)\b")
+TIMING_CELL = "# timing cell"  # first line of a cell whose whole output is measured time
 
 
 def printed_lines(notebook) -> list[str]:
     """What the notebook printed: its stdout and its plain-text results, line by line, with
-    every timing replaced by `<time>` (they differ from run to run)."""
+    every timing replaced by `<time>` (they differ from run to run). Cells that start with
+    `# timing cell` (speed ratios, verdicts on them) are left out."""
     lines = []
     for cell in notebook.cells:
+        if cell.get("cell_type") == "code" and cell.source.lstrip().startswith(TIMING_CELL):
+            continue
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream" and output.get("name") == "stdout":
                 text = output.get("text", "")

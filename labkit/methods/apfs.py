@@ -8,6 +8,8 @@ pairs beyond beta. Fixing one *representative* r_c per class relaxes the constra
     theta_{k+1} ~ argmin_theta  L_k(theta) + lambda * ||theta - theta_k||^2,
 
 each solved by `lifetime` (T) SGD steps on batches that all contain the same representatives.
+The maths, the defaults, the comparison with the authors' code and every known deviation:
+docs/methods/apfs.md.
 
 How far each piece can be trusted (only the paper's abstract was available):
 
@@ -46,8 +48,10 @@ def proximal_penalty(params: Sequence[torch.Tensor], anchors: Sequence[torch.Ten
     """lambda * ||theta - theta_anchor||^2 summed over all parameter tensors (a scalar).
 
     The proximal term of the approximate projection P_{Theta_k}(theta_k); its gradient is
-    2 * lambda * (theta - theta_anchor). The spec takes it in parameter space, as the authors'
-    later code does (`DistanceRegularizer`); the APFS paper's exact form is UNVERIFIED.
+    2 * lambda * (theta - theta_anchor). It lives in parameter space, as in the authors' later
+    code, whose `DistanceRegularizer` pulls by lambda * (theta - theta_prev): half of this
+    lambda's pull (an open deviation, docs/methods/apfs.md). The APFS paper's exact form is
+    UNVERIFIED.
     """
     if strength < 0:
         raise ValueError(f"proximal strength lambda must be >= 0, got {strength}")
@@ -85,7 +89,8 @@ def mine_classes(distances_: np.ndarray | torch.Tensor, seed_class: int, count: 
 
     temperature=None takes the nearest classes (ties by position); a temperature tau samples
     them without replacement with probability proportional to exp(-D_rep(seed, c) / tau).
-    Reconstructed rule (spec section 3); the paper's exact mining rule is UNVERIFIED.
+    Reconstructed rule (docs/methods/apfs.md, hard class mining); the paper's exact mining
+    rule is UNVERIFIED.
     """
     dist = np.asarray(distances_.detach().cpu() if isinstance(distances_, torch.Tensor)
                       else distances_, dtype=np.float64)
@@ -175,7 +180,7 @@ class RepresentativeBatchSampler:
     across ranks by a permutation that depends only on `seed` (so all ranks agree); each rank
     samples its own shard with its own stream and all ranks yield the same number of batches.
 
-    Reconstructed from the spec; the queue and class-cycling rules are ours, the
+    Reconstructed (docs/methods/apfs.md); the queue and class-cycling rules are ours, the
     "representatives first, kept for a lifetime" mechanics match the authors' later code.
     """
 
@@ -289,7 +294,7 @@ class RepresentativeBatchSampler:
         seed_class = self._next_classes(1)[0]
         chosen = mine_classes(self.rep_distances, seed_class, self.classes_per_batch,
                               self.temperature, self._rng).tolist()
-        # spec step 3, "mark the chosen classes so they cycle": a mined class has had its turn
+        # "mark the chosen classes so they cycle" (the mining rule): a mined class has had its turn
         # too, so its next pending entry leaves the queue; else classes near many others (hubs)
         # would be seeded as often as any and mined on top of that
         for position in chosen[1:]:
@@ -347,7 +352,8 @@ def base_loss(name: str, normalize: bool = True, **options: float) -> tuple[nn.M
 
     contrastive: [d - m_p]_+ for positives, [m_n - d]_+ for negatives (m_p=0, m_n=0.5 as in the
     authors' ccp-dml defaults); triplet: [d_ap - d_an + m]_+ (m=0.05, ccp-dml); multi_similarity:
-    alpha=2, beta=50, base(lambda)=0.5, with the MS miner (epsilon=0.1). Distances are Euclidean
+    alpha=2, beta=50, base(lambda)=0.5, with the MS miner (epsilon=0.1), which the authors'
+    framework does not use (an open deviation, docs/methods/apfs.md). Distances are Euclidean
     on L2-normalised embeddings (cosine similarity for MS) unless normalize=False.
     """
     if name == "contrastive":
@@ -408,9 +414,11 @@ class ProximalRegularizer:
     Parameter-space form as in the authors' later code; UNVERIFIED for the APFS paper.
 
     `via_gradient=True` adds 2*lambda*(theta - theta_anchor) to each parameter's gradient in a
-    post-accumulate hook instead (what the authors' `DistanceRegularizer` does): the same
-    update with no extra autograd graph, so the step costs what the baseline's does. The loss
-    value then excludes the penalty; `MetricLoss` checks `via_gradient` and does not add it.
+    post-accumulate hook instead: the same update as the penalty with no extra autograd graph,
+    so the step costs what the baseline's does. The authors' `DistanceRegularizer` also works
+    on gradients but adds lambda*(theta - theta_prev), half this pull for the same lambda (an
+    open deviation, docs/methods/apfs.md). The loss value then excludes the penalty;
+    `MetricLoss` checks `via_gradient` and does not add it.
     """
 
     def __init__(self, model: nn.Module, strength: float, lifetime: int,

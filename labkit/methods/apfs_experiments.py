@@ -10,6 +10,8 @@ evaluates retrieval on the unseen classes with `labkit.core.evaluate.retrieval_m
 - apfs+mining: the same with hard class mining from the representatives' embeddings.
 
 Runs are cached by config (`labkit.core.train.cached`), so a notebook re-draws without retraining.
+The protocol, the defaults per profile and the deviations from the paper: docs/methods/apfs.md;
+what was measured: docs/findings/05_alternating_projections.md.
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ class MPerClassBatches:
 # ----------------------------------------------------------------------------- configuration
 
 def profile_settings() -> dict[str, Any]:
-    """Sizes for the active profile. T, lambda, P and M of the paper are UNVERIFIED (spec)."""
+    """Sizes for the active profile. T, lambda, P and M of the paper are UNVERIFIED
+    (docs/methods/apfs.md); labkit's lambda pulls twice as hard as the authors' of the same
+    value."""
     return config.pick(
         quick=dict(dataset="mnist5k", arch="tiny", widths=(8, 16, 32), dim=32, epochs=1,
                    batches_per_pass=10, lifetime=5, classes_per_batch=3, samples_per_class=6,
@@ -166,8 +170,9 @@ def make_training(cfg: Mapping[str, Any], model: nn.Module, train: ArrayDataset,
         train.labels, p, m, int(cfg["lifetime"]), hard_class_mining=mining,
         seed=int(cfg["seed"]), batches_per_pass=steps, temperature=cfg["temperature"],
         embed_fn=representative_embedder(model, train.images) if mining else None)
-    # gradient form of the proximal term (as in the authors' code): same update, no extra graph;
-    # the sampler guarantees the batch layout, so the per-step host check is skipped
+    # gradient form of the proximal term (the authors' code works on gradients too): the same
+    # update as the penalty, no extra graph; the sampler guarantees the batch layout, so the
+    # per-step host check is skipped
     reg = ProximalRegularizer(model, float(cfg["strength"]), int(cfg["lifetime"]),
                               via_gradient=True)
     return (MetricLoss(cfg["loss"], representatives=p, regularizer=reg, check=False),

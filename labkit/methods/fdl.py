@@ -17,6 +17,9 @@ feature-fusion head (frozen members, then fine-tuning); which of them the paper'
 is UNVERIFIED (the published keywords suggest the fusion head). Grad-CAM per member comes from
 pytorch-grad-cam on the same layer the loss uses, and `attention_iou` measures how much the
 members' above-mean regions overlap.
+
+docs/methods/fdl.md maps the paper's symbols to these functions and lists the defaults, the
+comparison with the authors' code and every deviation from it.
 """
 
 from __future__ import annotations
@@ -87,9 +90,10 @@ def fdl_descriptor(feature_map: torch.Tensor, *, mask: bool = True,
                    max_norm: bool = False) -> torch.Tensor:
     """The spec's descriptor d_m of one member's map: (B, C, H, W) -> (B, H, W).
 
-    Channel mean; optionally divided by its per-sample spatial max (`max_norm`, off in every
-    published run; dividing by the max *absolute* value is our reading, UNVERIFIED); then, with
-    `mask`, every value not strictly above the sample's spatial mean is set to 0. The mask is hard
+    Channel mean; optionally divided by its per-sample largest absolute value (`max_norm`, off in
+    every published run; the authors divide the masked descriptor by its maximum instead, which
+    agrees for non-negative maps); then, with `mask`, every value not strictly above the sample's
+    spatial mean is set to 0. The mask is hard
     (no gradient reaches below-mean positions), as in the authors' `tf.where`.
     """
     if feature_map.ndim != 4:

@@ -6,12 +6,14 @@ plus how much the members' attention overlaps. Runs are cached one by one with
 `labkit.core.train.cached`, so re-opening the notebook re-draws without retraining and an
 interrupted sweep resumes where it stopped.
 
-Protocol notes (differences from the authors' code, stated here once):
+Protocol notes (the main differences from the authors' code; docs/methods/fdl.md lists all):
 * no augmentation and no validation-based checkpoint selection (the code keeps the epoch with
   the best validation accuracy on 2,000 labelled images, which flatters the few-shot setting);
   every run trains a fixed number of optimizer steps, the same for both ensembles;
 * the fusion head trains with frozen members, then fine-tunes everything at lr 1e-5, both for a
-  fixed number of steps on the same k-shot training set.
+  fixed number of steps on the same k-shot training set;
+* open: the members have no dropout after their conv blocks (the code: 0.2 / 0.3 / 0.4 after
+  each pooling layer) and PyTorch's default initialisation (the code: He-uniform).
 """
 
 from __future__ import annotations
@@ -71,8 +73,10 @@ def member_factory(widths: Sequence[int], num_classes: int, in_channels: int, im
                    feat_dim: int) -> Callable[[], nn.Module]:
     """A VGG-style member (`build_network("vgg")`): its post-pool map is what FDL compares.
 
-    Head as in the paper's Keras VGG (spec): Flatten -> Dense `feat_dim` -> BN -> ReLU ->
-    Dropout 0.5 -> Dense K (with bias) -> softmax.
+    Head as in the paper's Keras VGG: Flatten -> Dense `feat_dim` -> BN -> ReLU ->
+    Dropout 0.5 -> Dense K (with bias) -> softmax. Unlike the authors' members, the conv blocks
+    have no dropout and keep PyTorch's default initialisation (an open deviation, see
+    docs/methods/fdl.md).
     """
     def build() -> nn.Module:
         return build_network("vgg", in_channels, num_classes, feat_dim, neck="flatten_mlp",

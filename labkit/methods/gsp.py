@@ -8,7 +8,9 @@ features (background, nuisance). The pooled vector is the transported-mass weigh
 the features; at μ = 1 every feature is fully transported and GSP is exactly GAP.
 
 Reconstruction notice: only the paper's abstract was available. Everything here reconstructs the
-maths from the authors' code; the paper's notation and numbers are UNVERIFIED.
+maths from the authors' code; the paper's notation and numbers are UNVERIFIED. The method page
+docs/methods/gsp.md states the maths with these names, the defaults, how this code was compared
+with the authors' and every deviation from it.
 
 Problem per image, costs c (K, n), ε = 1/γ::
 

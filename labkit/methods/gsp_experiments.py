@@ -4,7 +4,9 @@ Every run trains a backbone + pooling neck with a pytorch-metric-learning loss o
 classes and evaluates retrieval (recall@K, MAP@R, NMI via ``labkit.core.evaluate``) on the
 unseen test classes. "gap" is the same network with ``GSP(mu=1)``, which is exactly global
 average pooling followed by the 1x1 projection, so the comparison isolates the pooling.
-Results are cached by config (``labkit.core.train.cached``); re-running only re-draws.
+Results are cached by config (``labkit.core.train.cached``); re-running only re-draws. The
+protocol, its defaults per profile and how it departs from the authors' are in
+docs/methods/gsp.md; what the stored runs showed is in docs/findings/04_generalized_sum_pooling.md.
 """
 
 from __future__ import annotations

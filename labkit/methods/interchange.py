@@ -1,4 +1,6 @@
-"""Interchangeable CNN embedding spaces (McNeely-White, Sattler, Beveridge, Draper; arXiv 2010.02323).
+"""Interchangeable CNN embedding spaces (McNeely-White, Sattelberg, Blanchard, Beveridge;
+arXiv 2010.02323). The maths, the defaults, the reference implementations it was checked
+against and every deviation from the paper are in docs/methods/interchange.md.
 
 The claim: the penultimate embeddings of different CNNs trained on the same task are (almost)
 linear maps of each other. Mapping network A's embedding f_A into B's space with an affine map
@@ -16,8 +18,9 @@ This module holds the method's pure pieces:
 * open-set verification and retrieval: `pair_scores`, `roc`, `tar_at_far`, `equal_error_rate`,
   `verification_metrics`, `roc_metrics`, `recall_at_1`, `score_protocol`, `open_set_report`.
 
-Where the paper's text was unavailable, the spec reconstructs details (the closed-form map's
-notation, the fitting objective, the open-set protocol); docstrings say UNVERIFIED there.
+The paper's full text was not available to us: details reconstructed from its abstracts and a
+third-party review (the closed-form map's notation, the fitting objective, the open-set
+protocol) are marked UNVERIFIED in the docstrings and listed on the method page.
 Every computation keeps the input dtype (float64 in, float64 out).
 """
 
@@ -181,14 +184,14 @@ def fit_map(src: Any, dst: Any, method: str = "affine", *, bias: bool = True,
       * "affine": ordinary least squares, min ||Y - X M^T - t||^2 (minimum-norm if rank-deficient).
         Option `rcond` (singular-value cutoff, relative).
       * "ridge": min ||Y - X M^T - t||^2 + alpha ||M||_F^2, the bias unpenalised. Option `alpha`
-        (default 1.0, the value the spec's secondary source attributes to the paper; UNVERIFIED).
+        (default 1.0, the value a third-party review attributes to the paper; UNVERIFIED).
       * "procrustes": M orthogonal, scipy.linalg.orthogonal_procrustes on the centred data;
         needs d_src == d_dst. Option `scale` (default False, as scipy): M = s R with
         s = tr(Sigma) / ||X_c||_F^2.
       * "reduced_rank": min ||Y - X M^T - t||^2 subject to rank(M) <= `rank` (required), the
         classical reduced-rank regression (project the (ridge) fit onto the top-`rank` principal
         directions of its fitted values). Option `alpha` (default 0) for reduced-rank ridge.
-        The paper reduces 512 -> 64 dims by a method the spec could not verify (PCA or RRR).
+        The paper reduces 512 -> 64 dims by a method we could not verify (PCA or RRR).
 
     bias=True centres both sets first and puts t = mean(Y) - M mean(X); bias=False fits through
     the origin (t = 0). Returns an `EmbeddingMap` in the inputs' dtype.
@@ -283,7 +286,7 @@ def map_from_heads(W_src: Any, b_src: Any, W_dst: Any, b_dst: Any, *,
     W_src (C, d_A), W_dst (C, d_B); biases (C,) or None (no bias). With it, B's head applied to
     M f_A + t gives W_B W_B^+ (W_A f_A + b_A - b_B) + b_B, which equals A's logits exactly when
     rank(W_B) = C (`info["exact"]`); otherwise it is only their least-squares fit. The map
-    reproduces logits, not B's real embedding of the image. The formula is the spec's
+    reproduces logits, not B's real embedding of the image. The formula is our
     reconstruction from the abstract (the paper's exact derivation is UNVERIFIED).
 
     Both heads must score the same classes in the same order: pass `src_classes`/`dst_classes`
@@ -502,7 +505,7 @@ def pair_scores(probes: Any, gallery: Any, probe_labels: Any, gallery_labels: An
     probes (P, d), gallery (G, d) in one space (e.g. M f_A(x) and f_B(y)). `exclude_diagonal`
     (needs P = G) drops pairs (i, i): when probes and gallery embed the same images, a pair of an
     image with itself is not a verification trial. Returns (scores (M,), genuine bool (M,)).
-    The spec assumes cosine similarity as the paper's score (UNVERIFIED).
+    Cosine similarity as the paper's score is our assumption (UNVERIFIED).
     """
     p, g = as_matrix(probes, "probes"), as_matrix(gallery, "gallery")
     if p.shape[1] != g.shape[1]:

@@ -1,6 +1,9 @@
-"""Experiments of the interchangeable-embeddings lab: the model zoo and what is measured on it.
+"""Experiments of the interchangeable-embeddings lab: the model zoo and what is measured on it
+(E1-E4 of notebook 03; the protocol and its deviations from the paper are described in
+docs/methods/interchange.md, the stored run's numbers in
+docs/findings/03_embedding_interchangeability.md).
 
-The zoo (spec section 5): several small architectures x seeds, all ending in
+The zoo: several small architectures x seeds, all ending in
 embedding (d) -> Linear(d, C) with a bias, trained with cross-entropy on the same classes
 (`mnist5k` in the quick/lab profiles, CIFAR-10 in full). Each member's train and test
 embeddings are cached (`labkit.core.train.cached`), so re-running a notebook re-draws without
@@ -515,7 +518,7 @@ def closed_form_matrix(zoo: Zoo, names: Sequence[str] | None = None) -> dict[str
 
 
 def closed_form_checks(result: Mapping[str, Any]) -> dict[str, bool]:
-    """The two facts of spec E1 read off `closed_form_matrix`: every map into a target whose
+    """The two facts of E1 read off `closed_form_matrix`: every map into a target whose
     embedding dim d >= C is exact (rank(W_B) = C) and reproduces A's predictions on every test
     image; no map into a target with d < C is exact (its logits differ from A's) and such maps
     change some predictions (agreement below 1 for at least one pair: a low-rank head can still
@@ -534,7 +537,8 @@ def closed_form_checks(result: Mapping[str, Any]) -> dict[str, bool]:
 
 
 def controls(zoo: Zoo, method: str = "affine", seed: int = 0) -> dict[str, Any]:
-    """Median retention of the controls beside the fitted map's (spec section 5.6).
+    """Median retention of the controls beside the fitted map's (not in the paper; see
+    docs/methods/interchange.md).
 
     identity: the identity map between two seeds of one architecture (both directions);
     shuffled: `method` fitted on shuffled correspondences (all ordered pairs);

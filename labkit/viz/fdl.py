@@ -1,11 +1,15 @@
 """Figures for Feature Distance Loss ensembles: accuracy vs k, CAM grids, the lambda trade-off.
 
 Functions take plain tensors / records computed by `labkit.methods.fdl` and
-`labkit.methods.fdl_experiments` and return matplotlib Figures; nothing here trains.
+`labkit.methods.fdl_experiments` and return matplotlib Figures; nothing here trains. The
+`*_slider` functions return plotly figures that carry every recorded state as a frame, so the
+member and lambda views play without a kernel (see `labkit.viz.playable`). The method is
+described in docs/methods/fdl.md.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +19,8 @@ import torch
 from matplotlib.figure import Figure
 
 from labkit.methods import fdl
+from labkit.viz.images import png_data_uri
+from labkit.viz.playable import Frame, add_slider, compact
 
 COLORS = {"classical": "tab:gray", "fdl": "tab:red"}
 LABELS = {"classical": "classical ensemble", "fdl": "FDL ensemble"}
@@ -201,3 +207,195 @@ def plot_lambda_tradeoff(records: Sequence[Mapping[str, Any]], selected: int | N
             ax.axvline(xs[selected], color="tab:red", alpha=0.4, lw=3)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- kernel-free sliders
+
+# the authors' CAM display: jet over the image at alpha 0.4 (as `overlay`)
+CAM_OPACITY = 0.4
+
+
+def record_name(record: Mapping[str, Any]) -> str:
+    """'classical' for zero weights, else 'FDL (lc, le)' (a cam record's lambda_cos, lambda_euc)."""
+    lc, le = float(record["lambda_cos"]), float(record["lambda_euc"])
+    return "classical" if lc == 0 and le == 0 else f"FDL ({lc:g}, {le:g})"
+
+
+def downsample(heat: Any, factor: int) -> np.ndarray:
+    """Block means: (..., H, W) -> (..., H / factor, W / factor); factor 1 keeps the map.
+
+    The stored slider figures carry every map of every frame, so halving the side of a 28x28
+    CAM (itself upsampled from the 7x7 FDL layer) quarters the figure for little lost detail.
+    """
+    array = _np(heat).astype(np.float64)
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"factor must be a whole number >= 1, got {factor}")
+    factor = int(factor)
+    height, width = array.shape[-2:]
+    if height % factor or width % factor:
+        raise ValueError(f"factor {factor} must divide the map size {height}x{width}")
+    blocks = array.reshape(*array.shape[:-2], height // factor, factor, width // factor, factor)
+    return blocks.mean(axis=(-3, -1))
+
+
+def _check_cam_records(images: torch.Tensor, labels: torch.Tensor,
+                       records: Sequence[Mapping[str, Any]]) -> int:
+    """The members per record; raises unless every record holds (M, B, H, W) CAMs of the images."""
+    if not records:
+        raise ValueError("records is empty: pass fdl_experiments.cam_records(...)")
+    if images.ndim != 4 or labels.shape != (images.shape[0],):
+        raise ValueError(f"images must be (B, C, H, W) with (B,) labels, got {tuple(images.shape)} "
+                         f"and {tuple(labels.shape)}")
+    members = {int(r["cams"].shape[0]) for r in records}
+    if len(members) != 1:
+        raise ValueError(f"every record needs the same number of members, got {sorted(members)}")
+    for r in records:
+        if tuple(r["cams"].shape[1:]) != (images.shape[0], *images.shape[2:]):
+            raise ValueError(f"records hold CAMs {tuple(r['cams'].shape)}, which do not match "
+                             f"{images.shape[0]} images of {tuple(images.shape[2:])}")
+    return members.pop()
+
+
+def _axis_names(cell: int) -> tuple[str, str]:
+    """plotly's axis ids of subplot `cell` (0-based, row-major): ('x', 'y'), ('x2', 'y2'), ..."""
+    suffix = "" if cell == 0 else str(cell + 1)
+    return f"x{suffix}", f"y{suffix}"
+
+
+def _cam_cell_traces(image: torch.Tensor, cam: torch.Tensor, cell: int, pool: int) -> list[Any]:
+    """The digit (gray picture) and its Grad-CAM (jet heat map, translucent, on the shared
+    0..1 colour axis, `pool` pixels a cell) in subplot `cell`."""
+    import plotly.graph_objects as go
+
+    xaxis, yaxis = _axis_names(cell)
+    digit = go.Image(source=png_data_uri(image), hoverinfo="skip", xaxis=xaxis, yaxis=yaxis)
+    centre = (pool - 1) / 2  # a pooled cell spans `pool` pixels of the digit
+    heat = go.Heatmap(z=compact(downsample(cam, pool)), x0=centre, dx=pool, y0=centre, dy=pool,
+                      coloraxis="coloraxis", opacity=CAM_OPACITY,
+                      hovertemplate="Grad-CAM %{z:.2f}<extra></extra>", xaxis=xaxis, yaxis=yaxis)
+    return [digit, heat]
+
+
+def _cam_grid_figure(row_names: Sequence[str], members: int, cell_size: int = 130) -> Any:
+    """An empty rows x members grid of square, upright image axes with a row label each."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=len(row_names), cols=members, horizontal_spacing=0.015,
+                        vertical_spacing=0.09, subplot_titles=[" "] * (len(row_names) * members))
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    for cell in range(len(row_names) * members):
+        xaxis, _ = _axis_names(cell)
+        fig.update_yaxes(scaleanchor=xaxis, row=cell // members + 1, col=cell % members + 1)
+    for row, name in enumerate(row_names):
+        fig.update_yaxes(title_text=name, title_font_size=11, row=row + 1, col=1)
+    fig.update_layout(width=110 + cell_size * members, height=130 + (cell_size + 20) * len(row_names),
+                      margin=dict(l=50, r=20, t=90, b=20), title_font_size=13,
+                      plot_bgcolor="white",
+                      coloraxis=dict(cmin=0, cmax=1, colorscale="Jet",
+                                     colorbar=dict(title=dict(text="Grad-CAM", side="right"), len=0.8,
+                                                   thickness=12)))
+    fig.update_annotations(font_size=10)
+    return fig
+
+
+def _titled(fig: Any, texts: Sequence[str]) -> list[dict[str, Any]]:
+    """The figure's subplot-title annotations with new texts (a frame's per-cell titles)."""
+    annotations = [annotation.to_plotly_json() for annotation in fig.layout.annotations]
+    return [{**annotation, "text": text} for annotation, text in zip(annotations, texts, strict=True)]
+
+
+def _iou_text(cams: torch.Tensor) -> str:
+    """Mean pairwise IoU of (M, H, W) CAMs' above-mean regions, 'n/a' when under two have one."""
+    iou = float(fdl.attention_iou(torch.as_tensor(cams)[:, None])[0])
+    return "n/a" if math.isnan(iou) else f"{iou:.2f}"
+
+
+def _class_name(class_names: Sequence[str] | None, cls: Any) -> str:
+    return class_names[int(cls)] if class_names is not None else str(int(cls))
+
+
+def _digit_labels(labels: torch.Tensor, class_names: Sequence[str] | None) -> list[str]:
+    """Slider labels of test digits: the class when each class appears once, else 'index: class'."""
+    classes = [_class_name(class_names, label) for label in labels]
+    if len(set(classes)) == len(classes):
+        return classes
+    return [f"{index}: {name}" for index, name in enumerate(classes)]
+
+
+def member_cam_slider(images: torch.Tensor, labels: torch.Tensor,
+                      records: Sequence[Mapping[str, Any]],
+                      class_names: Sequence[str] | None = None, *, pool: int = 2) -> Any:
+    """The member view without a kernel: one frame per test digit; rows = records (e.g. the
+    classical and an FDL ensemble), columns = members, each cell the member's Grad-CAM over the
+    digit, titled with its prediction; the frame title gives each row's mean pairwise IoU.
+
+    images: (B, C, H, W) in [0, 1]; labels: (B,); records from `fdl_experiments.cam_records`
+    (cams (M, B, H, W) in [0, 1], preds (M, B)). `pool` averages pool x pool blocks of the
+    stored maps (see `downsample`). Returns a plotly Figure with a B-step slider.
+    """
+    members = _check_cam_records(images, labels, records)
+    rows = [record_name(r) for r in records]
+    fig = _cam_grid_figure(rows, members)
+    frames = []
+    for index, step in enumerate(_digit_labels(labels, class_names)):
+        traces, titles = [], []
+        for row, record in enumerate(records):
+            for m in range(members):
+                traces += _cam_cell_traces(images[index], record["cams"][m, index],
+                                           row * members + m, pool)
+                titles.append(f"member {m + 1}: "
+                              f"{_class_name(class_names, record['preds'][m, index])}")
+        overlap = " · ".join(f"{name} IoU {_iou_text(r['cams'][:, index])}"
+                             for name, r in zip(rows, records, strict=True))
+        title = {"text": f"Grad-CAM of each member, test digit {index} (true class "
+                         f"{_class_name(class_names, labels[index])})",
+                 "subtitle": {"text": f"mean pairwise IoU of the above-mean regions: {overlap}"}}
+        frames.append(Frame(step, traces, {"title": title, "annotations": _titled(fig, titles)}))
+    fig.add_traces(list(frames[0].traces))
+    return add_slider(fig, frames, prefix="test digit")
+
+
+def lambda_title(record: Mapping[str, Any], metric: str = "soft_vote") -> dict[str, Any]:
+    """A lambda record's trade-off as a plotly title: its overlap, and below it what the
+    combiners score."""
+    m = record["metrics"]
+    return {"text": f"{record_name(record)}: IoU of maps {m['iou_map']:.3f}, of Grad-CAMs "
+                    f"{m['iou_cam']:.3f}",
+            "subtitle": {"text": f"test accuracy: mean member {m['mean_member']:.3f} · "
+                                 f"{TITLES.get(metric, metric)} {m[metric]:.3f} · "
+                                 f"fusion head {m['fusion']:.3f}"}}
+
+
+def lambda_cam_slider(images: torch.Tensor, labels: torch.Tensor,
+                      records: Sequence[Mapping[str, Any]], digits: Sequence[int] | None = None,
+                      class_names: Sequence[str] | None = None, *, pool: int = 2,
+                      metric: str = "soft_vote") -> Any:
+    """The lambda view without a kernel: one frame per lambda record; rows = a few test digits,
+    columns = members (Grad-CAM over the digit, titled with its prediction); the frame title
+    carries the record's overlap and accuracies (`lambda_title`).
+
+    images, labels, records as in `member_cam_slider` (records: `fdl_experiments.cam_records`
+    over `lambda_grid`, each with its metrics); digits: indices into images (default the first
+    three). Returns a plotly Figure with one slider step per record.
+    """
+    members = _check_cam_records(images, labels, records)
+    digits = list(range(min(3, images.shape[0]))) if digits is None else [int(d) for d in digits]
+    if not digits or not all(0 <= d < images.shape[0] for d in digits):
+        raise ValueError(f"digits must index the {images.shape[0]} images, got {digits}")
+    fig = _cam_grid_figure([f"digit {d} (class {_class_name(class_names, labels[d])})"
+                            for d in digits], members)
+    frames = []
+    for record in records:
+        traces, titles = [], []
+        for row, index in enumerate(digits):
+            for m in range(members):
+                traces += _cam_cell_traces(images[index], record["cams"][m, index],
+                                           row * members + m, pool)
+                titles.append(f"member {m + 1}: "
+                              f"{_class_name(class_names, record['preds'][m, index])}")
+        frames.append(Frame(record_name(record), traces,
+                            {"title": lambda_title(record, metric),
+                             "annotations": _titled(fig, titles)}))
+    fig.add_traces(list(frames[0].traces))
+    return add_slider(fig, frames, prefix="FDL weights")

@@ -1,18 +1,22 @@
 """Figures for Generalized Sum Pooling: transport weights over images, prototype maps, recalls.
 
 All functions take plain tensors/arrays (computed by ``labkit.methods.gsp``) and return
-matplotlib objects; nothing here trains or solves.
+matplotlib objects, except ``weight_map_slider``, a plotly figure that plays without a kernel;
+nothing here trains or solves. The method is described in docs/methods/gsp.md.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from labkit.viz.images import png_data_uri
 
 
 def _np(x) -> np.ndarray:
@@ -212,3 +216,56 @@ def plot_toy_transport(features: torch.Tensor, prototypes: torch.Tensor,
     fig.suptitle("features (size ∝ weight) and prototypes (★)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def weight_map_slider(image, weights: Mapping[tuple[float, float], torch.Tensor],
+                      active: tuple[float, float] | None = None, opacity: float = 0.6) -> Any:
+    """Kernel-free slider over GSP weight maps w_i of one image, one step per (μ, γ).
+
+    image (C, H, W) in [0, 1]; weights {(mu, gamma): (h, w) map w_i}, all of one shape. The
+    steps run through γ in increasing order and, for each γ, μ from large to small, so that
+    neighbouring steps show what μ does at one temperature. Each map is drawn at its own
+    resolution over the image, colour scale 0 (dropped) .. 1/μ (fully kept). active: the
+    (μ, γ) the figure opens at (default: the first step). Returns a plotly figure.
+    """
+    import plotly.graph_objects as go
+
+    from labkit.viz.playable import Frame, add_slider, compact
+
+    if not weights:
+        raise ValueError("weights is empty: pass {(mu, gamma): (h, w) weight map}")
+    maps = {key: _np(value) for key, value in weights.items()}
+    shapes = {m.shape for m in maps.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"weight maps must all be (h, w) of one shape, got {sorted(shapes)}")
+    for mu, _ in maps:
+        if not 0.0 < mu <= 1.0:
+            raise ValueError(f"mu must lie in (0, 1], got {mu}")
+    img = _np(image)
+    if img.ndim != 3:
+        raise ValueError(f"image must be (C, H, W), got shape {img.shape}")
+    settings = sorted(maps, key=lambda key: (key[1], -key[0]))
+    if active is not None and active not in maps:
+        raise ValueError(f"active {active} is not one of the (mu, gamma) settings {settings}")
+    (h, w), (height, width) = next(iter(shapes)), img.shape[1:]
+    # pixel centres of the image are 0 .. W-1, so a map cell of dx pixels is centred at
+    # (dx - 1) / 2 + j dx and the map covers the image exactly
+    dx, dy = width / w, height / h
+    picture = go.Image(source=png_data_uri(torch.as_tensor(img)), x0=0, dx=1, y0=0, dy=1, hoverinfo="skip")
+    frames = []
+    for mu, gamma in settings:
+        heat = compact(maps[(mu, gamma)])
+        kept = 100.0 * float((heat > 0.5).mean())
+        trace = go.Heatmap(z=heat, x0=(dx - 1) / 2, dx=dx, y0=(dy - 1) / 2, dy=dy, zmin=0.0,
+                           zmax=1.0 / mu, colorscale="Inferno", opacity=opacity,
+                           colorbar=dict(title=dict(text="w_i"), thickness=12),
+                           hovertemplate="w = %{z:.2f}<extra></extra>")
+        title = (f"GSP weights w_i at μ = {mu:g}, γ = {gamma:g}<br>"
+                 f"<sub>{kept:.0f}% of cells kept (w > 0.5); scale 0 (dropped) .. 1/μ</sub>")
+        frames.append(Frame(f"μ={mu:g} γ={gamma:g}", [picture, trace],
+                            {"title": {"text": title}}))
+    start = 0 if active is None else settings.index(active)
+    fig = go.Figure(data=list(frames[start].traces))
+    fig.update_layout(width=440, height=520, margin=dict(l=10, r=10, t=70, b=10),
+                      xaxis=dict(visible=False), yaxis=dict(visible=False))
+    return add_slider(fig, frames, prefix="setting", active=start)

@@ -18,6 +18,25 @@ def to_display(image: torch.Tensor) -> np.ndarray:
     return array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
 
 
+def png_data_uri(image: torch.Tensor) -> str:
+    """A (C, H, W) image in [0, 1] (C = 1 or 3) as an 8-bit PNG data URI, for plotly's go.Image:
+    a slider repeats the picture in every frame, and a 28x28 digit takes about 0.4 kB this way
+    against 4 kB as float numbers."""
+    import base64
+    import io
+
+    from PIL import Image  # a dependency of matplotlib
+
+    array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float64)
+    if array.ndim != 3 or array.shape[0] not in (1, 3):
+        raise ValueError(f"image must be (C, H, W) with C = 1 or 3, got shape {array.shape}")
+    pixels = np.round(255 * np.clip(array.transpose(1, 2, 0), 0.0, 1.0)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if array.shape[0] == 1 else pixels).save(buffer, format="png",
+                                                                            optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 8,
                size: float = 1.2, fig=None):
     """Show (N, C, H, W) images in a grid; returns the figure."""

@@ -1,18 +1,30 @@
-"""Figures for the interchangeable-embeddings lab (notebook 03).
+"""Figures for the interchangeable-embeddings lab (notebook 03; the method is described in
+docs/methods/interchange.md).
 
-Every function draws numbers it is given (matrices, curves, tables from
-`labkit.methods.interchange_experiments`) onto a matplotlib Axes and returns it, so the notebook
+The `plot_*` functions draw numbers they are given (matrices, curves, tables from
+`labkit.methods.interchange_experiments`) onto a matplotlib Axes and return it, so the notebook
 cells stay one line long and the tests can check what was drawn.
+
+The map explorer's views live here too: `explorer_metrics` fits one source -> target map and
+measures it, `explorer_figure` draws that state (the live widget in `labkit.widgets.interchange`
+redraws it on every control change), and `explorer_slider` precomputes a small grid of map kinds,
+ridge alphas, ranks and fitting-set sizes as a plotly figure that plays without a kernel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
+
+from labkit.methods import interchange as ic
+from labkit.methods.interchange_experiments import Zoo, evaluate_map, fit_pair
+from labkit.viz.playable import Frame, add_slider, compact
 
 __all__ = [
     "plot_matrix",
@@ -20,6 +32,12 @@ __all__ = [
     "plot_similarity_vs_retention",
     "plot_roc",
     "plot_mapped_scatter",
+    "EXPLORER_METHODS",
+    "GridPoint",
+    "explorer_metrics",
+    "explorer_figure",
+    "explorer_grid",
+    "explorer_slider",
 ]
 
 
@@ -134,6 +152,22 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, ax: Axes | 
     return ax
 
 
+def _pca_plane(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (d,) and top-2 principal directions (d, 2) of `target` (N, d), in float64."""
+    target = torch.as_tensor(target, dtype=torch.float64)
+    mean = target.mean(0)
+    _, _, vh = torch.linalg.svd(target - mean, full_matrices=False)
+    return mean, vh[:2].T
+
+
+def _spread_index(n: int, max_points: int) -> np.ndarray:
+    """Up to `max_points` indices spread evenly over 0..n-1 (the test sets are class-balanced
+    in order, so an even spread keeps every class)."""
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    return np.linspace(0, n - 1, min(max_points, n)).astype(int)
+
+
 def plot_mapped_scatter(target: torch.Tensor, mapped: torch.Tensor, labels: torch.Tensor, *,
                         ax: Axes | None = None, title: str | None = None,
                         max_points: int = 600) -> Axes:
@@ -145,11 +179,9 @@ def plot_mapped_scatter(target: torch.Tensor, mapped: torch.Tensor, labels: torc
     if target.shape != mapped.shape:
         raise ValueError(f"target {tuple(target.shape)} and mapped {tuple(mapped.shape)} differ")
     ax = _axes(ax)
-    mean = target.mean(0)
-    _, _, vh = torch.linalg.svd(target - mean, full_matrices=False)
-    basis = vh[:2].T
+    mean, basis = _pca_plane(target)
     t2, m2 = ((target - mean) @ basis).numpy(), ((mapped - mean) @ basis).numpy()
-    keep = np.linspace(0, len(t2) - 1, min(max_points, len(t2))).astype(int)
+    keep = _spread_index(len(t2), max_points)
     labels = np.asarray(labels)[keep]
     cmap = plt.get_cmap("tab10")
     ax.scatter(t2[keep, 0], t2[keep, 1], c=cmap(labels % 10), s=10, alpha=0.35, label="B's embedding")
@@ -161,3 +193,186 @@ def plot_mapped_scatter(target: torch.Tensor, mapped: torch.Tensor, labels: torc
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="best")
     return ax
+
+
+# ----------------------------------------------------------------------------- the map explorer
+
+EXPLORER_METHODS = ("affine", "ridge", "procrustes", "reduced_rank", "heads (closed form)",
+                    "identity")
+
+
+def explorer_metrics(zoo: Zoo, src: str, dst: str, method: str = "affine", *,
+                     rank: int | None = None, alpha: float = 1.0,
+                     n_pairs: int | None = None) -> tuple[ic.EmbeddingMap, dict[str, float]]:
+    """The map from `src` to `dst` built by `method` (one of `EXPLORER_METHODS`) and its held-out
+    numbers: accuracy (acc(A -> B)), target_accuracy, retention, r2, plus source_accuracy and
+    the two spaces' linear CKA (cka). `rank` (reduced_rank, default min(d_A, d_B)), `alpha`
+    (ridge) and `n_pairs` (fitted maps; default all training images) are read where they apply."""
+    if method not in EXPLORER_METHODS:
+        raise ValueError(f"unknown explorer map {method!r}; use one of {EXPLORER_METHODS}")
+    a, b = zoo.member(src), zoo.member(dst)
+    if method == "heads (closed form)":
+        emb_map = ic.map_from_heads(*(t.double() for t in a.head), *(t.double() for t in b.head))
+    elif method == "identity":
+        if a.dim != b.dim:
+            raise ValueError(f"the identity map needs equal dims, got {a.dim} and {b.dim}")
+        emb_map = ic.identity_map(a.dim, dtype=a.test_emb.double().dtype)
+    else:
+        options: dict[str, Any] = {}
+        if method == "ridge":
+            options["alpha"] = alpha
+        if method == "reduced_rank":
+            options["rank"] = rank if rank is not None else min(a.dim, b.dim)
+        emb_map = fit_pair(zoo, src, dst, method, n_pairs=n_pairs, **options)
+    metrics = evaluate_map(zoo, src, dst, emb_map)
+    metrics["source_accuracy"] = a.test_acc
+    metrics["cka"] = ic.linear_cka(a.test_emb.double(), b.test_emb.double())
+    return emb_map, metrics
+
+
+def _accuracy_bars(src: str, dst: str, metrics: Mapping[str, float]) -> dict[str, float]:
+    """The explorer's three bars: A's own accuracy, B's own, and A mapped through B's head."""
+    return {f"A\n{src}": metrics["source_accuracy"], f"B\n{dst}": metrics["target_accuracy"],
+            "A mapped,\nB's head": metrics["accuracy"]}
+
+
+_BAR_COLOURS = ("tab:blue", "tab:orange", "tab:green")
+
+
+def _metrics_line(metrics: Mapping[str, float]) -> str:
+    return (f"retention {metrics['retention']:.3f}  R² {metrics['r2']:.2f}  "
+            f"CKA {metrics['cka']:.2f}")
+
+
+def explorer_figure(zoo: Zoo, src: str, dst: str, method: str = "affine", **options: Any
+                    ) -> tuple[plt.Figure, dict[str, float]]:
+    """Left: B's test embeddings and A's mapped ones in B's top-2 PCA plane. Right: accuracies of
+    A, B and A mapped through B's head. `options` as `explorer_metrics`. Returns (figure, metrics)."""
+    emb_map, metrics = explorer_metrics(zoo, src, dst, method, **options)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [3, 2]},
+                                      dpi=80)
+    a, b = zoo.member(src), zoo.member(dst)
+    plot_mapped_scatter(b.test_emb, emb_map(a.test_emb.double()), zoo.test_labels, ax=left,
+                        title=f"{src} -> {dst} ({method})", max_points=300)
+    bars = _accuracy_bars(src, dst, metrics)
+    right.bar(range(3), list(bars.values()), color=list(_BAR_COLOURS))
+    right.set_xticks(range(3), list(bars), fontsize=8)
+    right.set_ylim(0, 1.05)
+    right.set_ylabel("test accuracy")
+    right.set_title(_metrics_line(metrics), fontsize=9)
+    for i, value in enumerate(bars.values()):
+        right.text(i, value + 0.01, f"{value:.3f}", ha="center", fontsize=8)
+    fig.tight_layout()
+    return fig, metrics
+
+
+class GridPoint(NamedTuple):
+    """One precomputed explorer state: its slider label, the map kind and `explorer_metrics`
+    options (rank, alpha, n_pairs)."""
+
+    label: str
+    method: str
+    options: Mapping[str, Any] = {}
+
+
+def explorer_grid(zoo: Zoo, src: str, dst: str, *, pair_counts: Sequence[int] = (20, 100),
+                  alphas: Sequence[float] = (1.0, 1e3, 1e5),
+                  ranks: Sequence[int] = (1, 2, 4, 8)) -> list[GridPoint]:
+    """The explorer's map kinds for the pair `src` -> `dst`, with a few values of the knob each
+    reads: affine on all training images, then on `pair_counts` of them; ridge at each alpha;
+    Procrustes; reduced rank at each rank; the closed form from the heads; the identity.
+
+    Points the pair cannot take are left out (Procrustes and the identity need d_A = d_B, a rank
+    at most min(d_A, d_B), a pair count below the number of training images), so every point
+    returned can be built. The first point is the live widget's first state."""
+    a, b = zoo.member(src), zoo.member(dst)
+    n_train = len(zoo.train_labels)
+    same_dim = a.dim == b.dim
+    points = [GridPoint("affine, all pairs", "affine")]
+    points += [GridPoint(f"affine, N={n}", "affine", {"n_pairs": n})
+               for n in pair_counts if 1 <= n < n_train]
+    points += [GridPoint(f"ridge alpha={alpha:g}", "ridge", {"alpha": float(alpha)})
+               for alpha in alphas]
+    if same_dim:
+        points.append(GridPoint("Procrustes", "procrustes"))
+    points += [GridPoint(f"rank {k}", "reduced_rank", {"rank": k})
+               for k in ranks if 1 <= k <= min(a.dim, b.dim)]
+    points.append(GridPoint("closed form (heads)", "heads (closed form)"))
+    if same_dim:
+        points.append(GridPoint("identity", "identity"))
+    return points
+
+
+def _plotly_class_colours(count: int) -> list[list[Any]]:
+    """A colour scale that gives integer label k (0..count-1) the tab10 colour k % 10."""
+    colours = [to_hex(plt.get_cmap("tab10")(k % 10)) for k in range(count)]
+    if count == 1:
+        return [[0.0, colours[0]], [1.0, colours[0]]]
+    return [[k / (count - 1), colour] for k, colour in enumerate(colours)]
+
+
+def _padded_range(values: np.ndarray, pad: float = 0.08) -> list[float]:
+    low, high = float(np.min(values)), float(np.max(values))
+    margin = pad * (high - low or 1.0)
+    return [low - margin, high + margin]
+
+
+def explorer_slider(zoo: Zoo, src: str, dst: str, grid: Sequence[GridPoint] | None = None, *,
+                    max_points: int = 200) -> Any:
+    """The map explorer without a kernel: a plotly figure with one slider step per grid point
+    (default `explorer_grid(zoo, src, dst)`), each showing what the widget shows for that state.
+
+    Left: B's test embeddings (dots, fixed) and A's mapped ones (crosses) in B's top-2 PCA plane,
+    `max_points` of them, coloured by digit. Right: acc(A), acc(B) and acc(A -> B) bars. Each
+    step's title carries its retention, R^2 and CKA. The axes keep one range over all steps
+    (B's cloud and every step's crosses), so a poor map visibly leaves B's cloud.
+    """
+    import plotly.graph_objects as go
+
+    grid = list(explorer_grid(zoo, src, dst) if grid is None else grid)
+    if len(grid) < 2:
+        raise ValueError(f"the slider needs at least two grid points, got {len(grid)}")
+    a, b = zoo.member(src), zoo.member(dst)
+    mean, basis = _pca_plane(b.test_emb)
+    keep = _spread_index(len(b.test_emb), max_points)
+    labels = np.asarray(zoo.test_labels)[keep]
+    target_plane = compact(((b.test_emb.double() - mean) @ basis)[keep])
+    states = []
+    for point in grid:
+        emb_map, metrics = explorer_metrics(zoo, src, dst, point.method, **dict(point.options))
+        mapped_plane = compact(((emb_map(a.test_emb.double()) - mean) @ basis)[keep])
+        states.append((point, mapped_plane, metrics))
+
+    marker = dict(color=labels, colorscale=_plotly_class_colours(int(labels.max()) + 1),
+                  cmin=0, cmax=int(labels.max()))
+
+    def traces(mapped_plane: np.ndarray, metrics: Mapping[str, float]) -> list[Any]:
+        bars = _accuracy_bars(src, dst, metrics)
+        heights = compact(list(bars.values()))
+        return [
+            go.Scatter(x=target_plane[:, 0], y=target_plane[:, 1], mode="markers",
+                       name="B's embedding", xaxis="x", yaxis="y", hoverinfo="skip",
+                       marker=dict(marker, size=6, opacity=0.35)),
+            go.Scatter(x=mapped_plane[:, 0], y=mapped_plane[:, 1], mode="markers",
+                       name="A mapped into B", xaxis="x", yaxis="y", hoverinfo="skip",
+                       marker=dict(marker, size=6, symbol="x", line=dict(width=0))),
+            go.Bar(x=[name.replace("\n", " ") for name in bars], y=heights, xaxis="x2",
+                   yaxis="y2", marker_color=[to_hex(c) for c in _BAR_COLOURS],
+                   text=[f"{v:.3f}" for v in bars.values()], textposition="outside",
+                   showlegend=False),
+        ]
+
+    frames = [Frame(point.label, traces(mapped_plane, metrics),
+                    {"title": {"text": f"{src} → {dst}, {point.label}: {_metrics_line(metrics)}"}})
+              for point, mapped_plane, metrics in states]
+    fig = go.Figure(data=list(frames[0].traces))
+    every_point = np.concatenate([target_plane] + [plane for _, plane, _ in states])
+    fig.update_layout(
+        width=900, height=430, margin=dict(l=50, r=20, t=60, b=40),
+        xaxis=dict(domain=[0.0, 0.56], range=_padded_range(every_point[:, 0]), title="PC 1 of B"),
+        yaxis=dict(range=_padded_range(every_point[:, 1]), title="PC 2 of B"),
+        xaxis2=dict(domain=[0.66, 1.0], anchor="y2"),
+        yaxis2=dict(anchor="x2", range=[0, 1.12], title="test accuracy"),
+        legend=dict(x=0.0, y=1.0, bgcolor="rgba(255,255,255,0.6)"),
+        title=dict(font=dict(size=13)))
+    return add_slider(fig, frames, prefix="map", active=0)

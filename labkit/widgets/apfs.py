@@ -1,6 +1,8 @@
 """Interactive APFS: a slider over rounds of the 2-D feasible-set run, and a slider over cached
 runs with different proximal strengths lambda or lifetimes T. Both only re-draw recorded results
-(instant); `static_rounds` is the stored-notebook fallback of the round slider.
+(instant), and carry a picture of their first state for stored notebooks; `static_rounds` stacks
+a few rounds in one figure. Kernel-free counterparts: `labkit.viz.apfs.round_slider` and
+`sweep_slider`. The method: docs/methods/apfs.md.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from labkit.viz.apfs import plot_round, plot_sweep
+from labkit.widgets.picture import with_picture
 from labkit.widgets.sync import serialized
+
+PICTURE_DPI = 72  # the first-state picture is stored in the notebook: keep it small
 
 
 def static_rounds(geometry: Mapping[str, Any], rounds: Sequence[int] | None = None) -> Figure:
@@ -38,11 +43,13 @@ class RoundExplorer:
                                   continuous_update=False)
         self.out = w.Output()
         self.slider.observe(lambda _: self.redraw(), names="value")
-        self.widget = w.VBox([self.slider, self.out])
+        self.widget = with_picture(w.VBox([self.slider, self.out]),
+                                   self.figure(0, dpi=PICTURE_DPI), "RoundExplorer")
         self.redraw()
 
-    def figure(self, round_index: int) -> Figure:
-        fig = plt.figure(figsize=(10, 4.6))
+    def figure(self, round_index: int, dpi: float | None = None) -> Figure:
+        """`plot_round` of round `round_index` in a new figure."""
+        fig = plt.figure(figsize=(10, 4.6), dpi=dpi)
         return plot_round(self.geometry, round_index, fig=fig)
 
     @serialized
@@ -75,7 +82,9 @@ class SweepExplorer:
         self.out = w.Output()
         self.parameter.observe(self._on_parameter, names="value")
         self.value.observe(lambda _: self.redraw(), names="value")
-        self.widget = w.VBox([self.parameter, self.value, self.out])
+        first = self.figure(self.parameter.value, self.value.value, dpi=PICTURE_DPI)
+        self.widget = with_picture(w.VBox([self.parameter, self.value, self.out]), first,
+                                   "SweepExplorer")
         self.redraw()
 
     def _values(self, parameter: str) -> list:
@@ -86,9 +95,10 @@ class SweepExplorer:
         self.value.options = self._values(self.parameter.value)
         self.redraw()
 
-    def figure(self, parameter: str, value: Any) -> Figure:
+    def figure(self, parameter: str, value: Any, dpi: float | None = None) -> Figure:
+        """`plot_sweep` of `parameter`'s runs with `value` highlighted, in a new figure."""
         return plot_sweep(self.sweeps[parameter], self.metric, highlight=value,
-                          fig=plt.figure(figsize=(10, 3.4)))
+                          fig=plt.figure(figsize=(10, 3.4), dpi=dpi))
 
     @serialized
     def redraw(self) -> None:

@@ -2,8 +2,10 @@
 weight and watch attention spread apart (and what it costs in accuracy).
 
 Both re-draw from recorded CAMs (`fdl_experiments.cam_records`), so they are instant. Each has a
-`render(...)` method that returns the Figure the widget shows, which is also the static fallback
-for stored notebooks and what the tests call (callbacks never fire without a front end).
+`render(...)` method that returns the Figure(s) the widget shows, which is what the tests call
+(callbacks never fire without a front end). Each widget's display carries a picture of its first
+state (`with_picture`), so a stored notebook shows a figure; `labkit.viz.fdl.member_cam_slider`
+and `lambda_cam_slider` are the same views as sliders that play without a kernel.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ import torch
 from IPython.display import display
 from matplotlib.figure import Figure
 
-from labkit.viz.fdl import plot_cam_grid, plot_lambda_tradeoff
+from labkit.viz.fdl import plot_cam_grid, plot_lambda_tradeoff, record_name
+from labkit.widgets.picture import with_picture
 from labkit.widgets.sync import serialized
 
-
-def record_name(record: Mapping[str, Any]) -> str:
-    """'classical' for zero weights, else 'FDL (lc, le)'."""
-    lc, le = float(record["lambda_cos"]), float(record["lambda_euc"])
-    return "classical" if lc == 0 and le == 0 else f"FDL ({lc:g}, {le:g})"
+__all__ = ["CamExplorer", "LambdaExplorer", "record_name"]
 
 
 def _check(images: torch.Tensor, records: Sequence[Mapping[str, Any]]) -> None:
@@ -48,8 +47,9 @@ class CamExplorer:
                                         continuous_update=False)
         self.out = widgets.Output()
         self.slider.observe(lambda change: self._draw(change["new"]), names="value")
-        self.widget = widgets.VBox([self.slider, self.out])
         self._draw(0)
+        self.widget = with_picture(widgets.VBox([self.slider, self.out]), self.render(0),
+                                   "member Grad-CAM explorer")
 
     def render(self, index: int) -> Figure:
         if not 0 <= index < self.images.shape[0]:
@@ -85,8 +85,9 @@ class LambdaExplorer:
         self.out = widgets.Output()
         for control in (self.weight, self.image):
             control.observe(lambda change: self._draw(), names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.weight, self.image]), self.out])
         self._draw()
+        self.widget = with_picture(widgets.VBox([widgets.HBox([self.weight, self.image]), self.out]),
+                                   list(self.render(0, 0)), "FDL weight explorer")
 
     def render(self, which: int, index: int) -> tuple[Figure, Figure]:
         if not 0 <= which < len(self.records):

@@ -2,7 +2,9 @@
 
 The costs between the image's local features and the (trained) prototypes are computed once;
 moving a slider only re-solves the transport (milliseconds) and re-draws the weight map and the
-prototype maps. ``static_figure`` gives the same view as a plain figure for stored notebooks.
+prototype maps. ``static_figure`` gives the same view as a plain figure, and ``weight_grid``
+feeds ``labkit.viz.gsp.weight_map_slider``, which plays a grid of settings without a kernel.
+The method is described in docs/methods/gsp.md.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from labkit.methods.gsp import GSP, gsp_transport, prototype_costs, transport_weights
 from labkit.viz.gsp import overlay_weights, plot_weight_grid
+from labkit.widgets.picture import with_picture
 from labkit.widgets.sync import serialized
 
 
@@ -50,12 +53,19 @@ def image_costs(backbone: nn.Module, neck: GSP, image: torch.Tensor
     return costs.cpu(), tuple(fmap.shape[2:])
 
 
+def weight_grid(costs: torch.Tensor, shape: tuple[int, int], mus: Sequence[float],
+                gammas: Sequence[float]) -> dict[tuple[float, float], torch.Tensor]:
+    """Weights w_i (h, w) for every (μ, γ) pair of the grid, from costs (K, n) of one image."""
+    if not mus or not gammas:
+        raise ValueError("the grid needs at least one mu and one gamma")
+    return {(float(m), float(g)): weight_map(costs, m, g, shape)[0] for m in mus for g in gammas}
+
+
 def static_figure(costs: torch.Tensor, image: torch.Tensor, shape: tuple[int, int],
                   mus: Sequence[float] = (1.0, 0.5, 0.3, 0.1),
                   gammas: Sequence[float] = (1.0, 5.0, 20.0)):
     """The slider grid as one figure: weights for every (μ, γ) pair."""
-    weights = {(m, g): weight_map(costs, m, g, shape)[0] for m in mus for g in gammas}
-    return plot_weight_grid(image, weights)
+    return plot_weight_grid(image, weight_grid(costs, shape, mus, gammas))
 
 
 def selective_gamma(costs: torch.Tensor, spread: float = 10.0) -> float:
@@ -90,6 +100,9 @@ class TransportExplorer:
         self.gamma.observe(lambda _: self.redraw(), names="value")
         self.widget = w.VBox([w.HBox([self.mu, self.gamma]), self.out])
         self.redraw()
+        # the values redraw reads, so the picture is the first state the widget shows
+        first = self.figure(float(self.mu.value), float(self.gamma.value))
+        with_picture(self.widget, first, "GSP transport explorer")
 
     def figure(self, mu: float, gamma: float):
         """The figure for one setting: input, weights, and the ``top`` busiest prototypes."""

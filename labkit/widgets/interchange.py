@@ -1,8 +1,9 @@
 """A map explorer for notebook 03: pick source, target and map method; see what survives.
 
-`explorer_figure` is the static version (also the GitHub / regression fallback); `MapExplorer`
-wraps it in ipywidgets dropdowns and sliders. Fitting a map on cached embeddings takes
-milliseconds, so every change re-fits and re-draws.
+`MapExplorer` holds the controls (dropdowns and sliders) and redraws `explorer_figure`
+(labkit.viz.interchange) on every change: fitting a map on cached embeddings takes milliseconds.
+Its display carries a picture of its first state, so a stored notebook shows a figure without a
+kernel; `labkit.viz.interchange.explorer_slider` is the kernel-free version over a fixed grid.
 """
 
 from __future__ import annotations
@@ -11,63 +12,12 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from labkit.methods import interchange as ic
-from labkit.methods.interchange_experiments import Zoo, evaluate_map, fit_pair
-from labkit.viz.interchange import plot_mapped_scatter
+from labkit.methods.interchange_experiments import Zoo
+from labkit.viz.interchange import EXPLORER_METHODS, explorer_figure, explorer_metrics
+from labkit.widgets.picture import with_picture
 from labkit.widgets.sync import serialized
 
 __all__ = ["explorer_metrics", "explorer_figure", "MapExplorer", "map_explorer"]
-
-_METHODS = ("affine", "ridge", "procrustes", "reduced_rank", "heads (closed form)", "identity")
-
-
-def explorer_metrics(zoo: Zoo, src: str, dst: str, method: str = "affine", *,
-                     rank: int | None = None, alpha: float = 1.0,
-                     n_pairs: int | None = None) -> tuple[ic.EmbeddingMap, dict[str, float]]:
-    """The map from `src` to `dst` built by `method` and its held-out numbers
-    (accuracy, retention, R^2, plus both members' own accuracy and the spaces' linear CKA)."""
-    a, b = zoo.member(src), zoo.member(dst)
-    if method == "heads (closed form)":
-        emb_map = ic.map_from_heads(*(t.double() for t in a.head), *(t.double() for t in b.head))
-    elif method == "identity":
-        if a.dim != b.dim:
-            raise ValueError(f"the identity map needs equal dims, got {a.dim} and {b.dim}")
-        emb_map = ic.identity_map(a.dim, dtype=a.test_emb.double().dtype)
-    else:
-        options: dict[str, Any] = {}
-        if method == "ridge":
-            options["alpha"] = alpha
-        if method == "reduced_rank":
-            options["rank"] = rank if rank is not None else min(a.dim, b.dim)
-        emb_map = fit_pair(zoo, src, dst, method, n_pairs=n_pairs, **options)
-    metrics = evaluate_map(zoo, src, dst, emb_map)
-    metrics["source_accuracy"] = a.test_acc
-    metrics["cka"] = ic.linear_cka(a.test_emb.double(), b.test_emb.double())
-    return emb_map, metrics
-
-
-def explorer_figure(zoo: Zoo, src: str, dst: str, method: str = "affine", **options: Any
-                    ) -> tuple[plt.Figure, dict[str, float]]:
-    """Left: B's test embeddings and A's mapped ones in B's top-2 PCA plane. Right: accuracies of
-    A, B and A mapped through B's head. Returns (figure, metrics)."""
-    emb_map, metrics = explorer_metrics(zoo, src, dst, method, **options)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [3, 2]},
-                                      dpi=80)
-    a, b = zoo.member(src), zoo.member(dst)
-    plot_mapped_scatter(b.test_emb, emb_map(a.test_emb.double()), zoo.test_labels, ax=left,
-                        title=f"{src} -> {dst} ({method})", max_points=300)
-    bars = {f"A\n{src}": metrics["source_accuracy"], f"B\n{dst}": metrics["target_accuracy"],
-            "A mapped,\nB's head": metrics["accuracy"]}
-    right.bar(range(3), list(bars.values()), color=["tab:blue", "tab:orange", "tab:green"])
-    right.set_xticks(range(3), list(bars), fontsize=8)
-    right.set_ylim(0, 1.05)
-    right.set_ylabel("test accuracy")
-    right.set_title(f"retention {metrics['retention']:.3f}  R^2 {metrics['r2']:.2f}  "
-                    f"CKA {metrics['cka']:.2f}", fontsize=9)
-    for i, value in enumerate(bars.values()):
-        right.text(i, value + 0.01, f"{value:.3f}", ha="center", fontsize=8)
-    fig.tight_layout()
-    return fig, metrics
 
 
 class MapExplorer:
@@ -81,7 +31,7 @@ class MapExplorer:
         self.src = w.Dropdown(options=names, value=src or names[0], description="source A")
         self.dst = w.Dropdown(options=names, value=dst or names[min(2, len(names) - 1)],
                               description="target B")
-        self.method = w.Dropdown(options=_METHODS, value="affine", description="map")
+        self.method = w.Dropdown(options=EXPLORER_METHODS, value="affine", description="map")
         max_rank = max(m.dim for m in zoo.members)
         self.rank = w.IntSlider(value=max_rank, min=1, max=max_rank, description="rank",
                                 continuous_update=False)
@@ -100,6 +50,9 @@ class MapExplorer:
                               self.output])
         self.metrics: dict[str, float] = {}
         self.update()
+        first_state, _ = explorer_figure(zoo, self.src.value, self.dst.value, self.method.value,
+                                         **self._options())
+        with_picture(self.widget, first_state, "map explorer")
 
     def _enable_applicable(self) -> None:
         """Grey out the sliders the chosen map does not read, and say which ones apply."""
@@ -111,24 +64,29 @@ class MapExplorer:
         self.hint.value = (f"<i>{method}: {', '.join(live)} apply</i>" if live else
                            f"<i>{method}: nothing to fit, so no slider applies</i>")
 
+    def _options(self) -> dict[str, Any]:
+        """The `explorer_metrics` options the chosen map reads, from the sliders."""
+        method = self.method.value
+        if method in ("heads (closed form)", "identity"):
+            return {}
+        options: dict[str, Any] = {"n_pairs": self.n_pairs.value}
+        if method == "ridge":
+            options["alpha"] = self.alpha.value
+        if method == "reduced_rank":
+            dims = (self.zoo.member(self.src.value).dim, self.zoo.member(self.dst.value).dim)
+            options["rank"] = min(self.rank.value, *dims)
+        return options
+
     @serialized
     def update(self) -> None:
         """Re-fit the chosen map and redraw; a map that cannot be built shows why instead."""
         from IPython.display import display
 
         self._enable_applicable()
-        options: dict[str, Any] = {"n_pairs": self.n_pairs.value}
-        if self.method.value == "ridge":
-            options["alpha"] = self.alpha.value
-        if self.method.value == "reduced_rank":
-            dims = (self.zoo.member(self.src.value).dim, self.zoo.member(self.dst.value).dim)
-            options["rank"] = min(self.rank.value, *dims)
-        if self.method.value in ("heads (closed form)", "identity"):
-            options = {}
         self.output.clear_output(wait=True)
         try:
             fig, self.metrics = explorer_figure(self.zoo, self.src.value, self.dst.value,
-                                                self.method.value, **options)
+                                                self.method.value, **self._options())
         except ValueError as error:
             self.metrics = {}
             self.message.value = f"<b>cannot build this map:</b> {error}"
@@ -140,5 +98,6 @@ class MapExplorer:
 
 
 def map_explorer(zoo: Zoo, src: str | None = None, dst: str | None = None) -> Any:
-    """The explorer widget (display it in a notebook)."""
+    """The explorer widget (display it in a notebook; without a kernel it shows its first
+    state as a picture)."""
     return MapExplorer(zoo, src, dst).widget

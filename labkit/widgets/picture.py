@@ -20,18 +20,35 @@ PICTURE_NOTE = ("{name}: an interactive widget; run the notebook to use it "
 
 
 def figure_png(figure: Any) -> bytes:
-    """A matplotlib figure as PNG bytes at the figure's own dpi; the figure is closed."""
+    """A matplotlib figure as PNG bytes at the figure's own dpi, or several stacked top to
+    bottom (left-aligned on white), for a widget that shows more than one; they are closed."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=figure.dpi, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
+    figures = list(figure) if isinstance(figure, (list, tuple)) else [figure]
+    if not figures:
+        raise ValueError("no figure to picture")
+    pictures = []
+    for fig in figures:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=fig.dpi, bbox_inches="tight", facecolor="white")
+        plt.close(fig)
+        pictures.append(buffer.getvalue())
+    if len(pictures) == 1:
+        return pictures[0]
+    arrays = [plt.imread(io.BytesIO(png), format="png")[..., :3] for png in pictures]
+    width = max(array.shape[1] for array in arrays)
+    padded = [np.pad(array, ((0, 0), (0, width - array.shape[1]), (0, 0)), constant_values=1.0)
+              for array in arrays]
+    out = io.BytesIO()
+    plt.imsave(out, np.concatenate(padded, axis=0), format="png")
+    return out.getvalue()
 
 
 def with_picture(widget: Any, picture: Any, name: str | None = None) -> Any:
-    """`widget`, whose display bundle also carries `picture` (a matplotlib figure, closed
-    here, or PNG bytes) and a note naming it instead of its repr. Returns `widget`."""
+    """`widget`, whose display bundle also carries `picture` (a matplotlib figure or a list of
+    them, closed here, or PNG bytes) and a note naming it instead of its repr. Returns
+    `widget`."""
     png = picture if isinstance(picture, bytes) else figure_png(picture)
     encoded = base64.b64encode(png).decode("ascii")
     note = PICTURE_NOTE.format(name=name or type(widget).__name__)

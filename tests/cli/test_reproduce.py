@@ -235,6 +235,9 @@ def test_printed_differences_list_changed_lines_but_not_timings():
     assert reproduce.printed_lines(stored)[1] == "trained in <time>"
     assert reproduce.printed_differences(stored, fresh) == ["-accuracy 95.7%", "+accuracy 94.9%"]
     assert reproduce.printed_differences(stored, stored) == []
+    timed = _printing("apfs/baseline: 0.99x")
+    timed.cells[0].source = "# timing cell\nprint(ratio)"
+    assert reproduce.printed_lines(timed) == []
 
 
 def test_write_records_the_profile_and_replaces_stateless_widgets_by_their_pictures(tmp_path):

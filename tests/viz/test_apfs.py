@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -66,3 +68,168 @@ def test_round_and_summary_figures():
     assert fig.axes[0].get_xlabel() == "lambda" and len(fig.axes[1].lines) == 2
     V.plot_step_cost({"baseline_ms": 3.0, "apfs_ms": 3.1, "apfs/baseline": 1.03})
     plt.close("all")
+
+
+# ----------------------------------------------------------------------------- kernel-free sliders
+
+def fake_sweeps(strengths=(0.0, 0.1, 1.0), lifetimes=(1, 10), seeds=(0, 1)):
+    return {p: [{"parameter": p, "value": v, "seed": s, "recall@1": 0.5 + 0.1 * i + 0.01 * s,
+                 "round_distances": [1.0 + i + s, 0.5 + i, 0.25 + i][:2 + i % 2]}
+                for i, v in enumerate(values) for s in seeds]
+            for p, values in (("strength", strengths), ("lifetime", lifetimes))}
+
+
+def _trace_index(fig, name, axis):
+    """Position of the figure's trace called `name` drawn on x axis `axis` ("x" or "x2")."""
+    matches = [i for i, t in enumerate(fig.data) if t.name == name and (t.xaxis or "x") == axis]
+    assert len(matches) == 1, (name, axis, matches)
+    return matches[0]
+
+
+def _xy(trace):
+    return np.column_stack([np.asarray(trace.x, dtype=float), np.asarray(trace.y, dtype=float)])
+
+
+def test_round_slider_has_a_frame_per_round_holding_that_round():
+    from labkit.viz.playable import compact, slider_steps
+
+    geo = fake_geometry(rounds=4)
+    fig = V.round_slider(geo, max_points_per_class=None)
+    assert slider_steps(fig) == ["0", "1", "2", "3"] and len(fig.frames) == 4
+    labels = geo["labels"].numpy()
+    for k, frame in enumerate(fig.frames):
+        assert len(frame.data) == len(fig.data)
+        for axis, snap in (("x", geo["snapshots"][k]), ("x2", geo["snapshots"][k + 1])):
+            for c, name in enumerate(geo["classes"]):
+                got = _xy(frame.data[_trace_index(fig, name, axis)])
+                np.testing.assert_array_equal(got, compact(snap[labels == c]))
+            stars = _xy(frame.data[_trace_index(fig, "representatives", axis)])
+            centres = compact(snap[torch.as_tensor(geo["representatives"][k])])
+            np.testing.assert_array_equal(stars, centres)
+            for c, name in enumerate(geo["classes"]):
+                for symbol, radius in (("α", 0.5), ("β", 2.0)):
+                    ring = _xy(frame.data[_trace_index(fig, f"{symbol} ball {name}", axis)])
+                    np.testing.assert_allclose(np.linalg.norm(ring - centres[c], axis=1), radius,
+                                               atol=2e-3)
+        sat = geo["satisfaction"][k]
+        assert frame.layout.title.text.startswith(f"Round {k}, relaxed set Θ_{k}: start within")
+        assert f"within α {100 * sat['after'][0]:.0f}%" in frame.layout.title.text
+    # the figure itself shows the first frame
+    np.testing.assert_array_equal(_xy(fig.data[0]), _xy(fig.frames[0].data[0]))
+
+
+def test_round_slider_keeps_the_axes_fixed_and_holds_every_frame():
+    geo = fake_geometry(rounds=3)
+    fig = V.round_slider(geo)
+    x_range, y_range = fig.layout.xaxis.range, fig.layout.yaxis.range
+    assert fig.layout.xaxis2.range == x_range and fig.layout.yaxis2.range == y_range
+    assert x_range[1] - x_range[0] == pytest.approx(y_range[1] - y_range[0])  # square: round balls
+    for frame in fig.frames:
+        assert "xaxis" not in frame.layout.to_plotly_json()  # frames never move the axes
+        for trace in frame.data:
+            xy = _xy(trace)
+            assert (xy[:, 0] >= x_range[0]).all() and (xy[:, 0] <= x_range[1]).all()
+            assert (xy[:, 1] >= y_range[0]).all() and (xy[:, 1] <= y_range[1]).all()
+
+
+def test_round_slider_subsamples_the_same_rows_in_every_frame():
+    geo = fake_geometry(rounds=2, per_class=10)
+    fig = V.round_slider(geo, max_points_per_class=4)
+    index = _trace_index(fig, "b", "x")
+    rows = V.class_subsample(geo["labels"], 3, 4)[1]
+    assert len(rows) == 4 and rows[0] == 10 and rows[-1] == 19  # evenly spaced, ends kept
+    for k, frame in enumerate(fig.frames):
+        np.testing.assert_allclose(_xy(frame.data[index]), geo["snapshots"][k][rows].numpy(),
+                                   atol=1e-4)
+
+
+def test_round_slider_fits_a_stored_notebook():
+    from labkit.viz.playable import figure_json
+
+    # the lab profile's geometry run: 5 classes x 100 samples, 12 rounds
+    geo = fake_geometry(rounds=12, per_class=100, classes=5)
+    geo["classes"] = list("01234")
+    assert len(json.dumps(figure_json(V.round_slider(geo)))) < 300_000
+
+
+def test_round_slider_rejects_bad_input():
+    geo = fake_geometry(rounds=3)
+    with pytest.raises(ValueError, match="at least two|rounds >= 2"):
+        V.round_slider({**geo, "representatives": geo["representatives"][:1]})
+    with pytest.raises(ValueError, match="snapshots"):
+        V.round_slider({**geo, "snapshots": geo["snapshots"][:3]})
+    with pytest.raises(ValueError, match="2-D"):
+        V.round_slider({**geo, "snapshots": [torch.zeros(15, 3)] * 4})
+    with pytest.raises(ValueError, match="per_class"):
+        V.round_slider(geo, max_points_per_class=0)
+    with pytest.raises(ValueError, match="radius"):
+        V.circle_outline((0.0, 0.0), -1.0)
+    with pytest.raises(ValueError, match="vertices"):
+        V.round_slider(geo, vertices=3)
+
+
+def test_circle_outline_is_closed_and_round():
+    xs, ys = V.circle_outline((1.0, -2.0), 0.5, vertices=9)
+    assert len(xs) == 9 and (xs[0], ys[0]) == pytest.approx((xs[-1], ys[-1]))
+    np.testing.assert_allclose(np.hypot(xs - 1.0, ys + 2.0), 0.5)
+
+
+def test_coordinates_only_keeps_just_the_data():
+    import plotly.graph_objects as go
+
+    light = V.coordinates_only(go.Scatter(x=[1, 2], y=[3, 4], name="a", marker=dict(size=9)))
+    assert set(light.to_plotly_json()) == {"type", "x", "y"}
+    assert list(light.x) == [1, 2] and list(light.y) == [3, 4]
+
+
+def test_sweep_slider_has_a_frame_per_swept_value():
+    from labkit.viz.playable import slider_steps
+
+    sweeps = fake_sweeps()
+    fig = V.sweep_slider(sweeps)
+    assert slider_steps(fig) == ["λ=0", "λ=0.1", "λ=1", "T=1", "T=10"]
+    slots = 3  # the most values any parameter has; T's frames pad with an empty trace
+    assert len(fig.data) == 3 + slots
+    frames = dict(zip(slider_steps(fig), fig.frames, strict=True))
+    for parameter, symbol in (("strength", "λ"), ("lifetime", "T")):
+        rows = sweeps[parameter]
+        values = sorted({r["value"] for r in rows})
+        means = [np.mean([r["recall@1"] for r in rows if r["value"] == v]) for v in values]
+        for i, value in enumerate(values):
+            frame = frames[f"{symbol}={value:g}"]
+            np.testing.assert_allclose(np.asarray(frame.data[0].y), means, atol=1e-4)
+            np.testing.assert_allclose(np.sort(frame.data[1].y),
+                                       sorted(r["recall@1"] for r in rows), atol=1e-4)
+            assert list(frame.data[2].x) == [i]
+            np.testing.assert_allclose(frame.data[2].y, [means[i]], atol=1e-4)
+            for slot in range(slots):
+                curve = frame.data[3 + slot]
+                if slot >= len(values):
+                    assert len(curve.x) == 0
+                    continue
+                first_seed = next(r for r in rows if r["value"] == values[slot])
+                np.testing.assert_allclose(curve.y, first_seed["round_distances"], rtol=1e-5)
+                assert curve.x[-1] == pytest.approx(1.0)
+                assert curve.line.width == (3 if slot == i else 1)
+            assert list(frame.layout.xaxis.ticktext) == [f"{v:g}" for v in values]
+            assert f"at {symbol} = {value:g}" in frame.layout.title.text
+
+
+def test_sweep_slider_keeps_the_axes_fixed():
+    sweeps = fake_sweeps()
+    fig = V.sweep_slider(sweeps)
+    scores = [r["recall@1"] for rows in sweeps.values() for r in rows]
+    low, high = fig.layout.yaxis.range
+    assert low < min(scores) and high > max(scores)
+    assert fig.layout.yaxis2.type == "log" and fig.layout.xaxis2.range == (0, 1.02)
+    axes = {(tuple(f.layout.xaxis.range), tuple(f.layout.xaxis.domain)) for f in fig.frames}
+    assert axes == {((-0.5, 2.5), (0.0, 0.45))}
+    for frame in fig.frames:
+        assert "yaxis" not in frame.layout.to_plotly_json()
+
+
+def test_sweep_slider_rejects_empty_sweeps():
+    with pytest.raises(ValueError, match="non-empty"):
+        V.sweep_slider({})
+    with pytest.raises(ValueError, match="non-empty"):
+        V.sweep_slider({"strength": []})

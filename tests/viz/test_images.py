@@ -52,3 +52,23 @@ def test_overlay_maths():
     assert np.all(np.diff(ramp[0, :, 0]) >= 0)  # bilinear upsampling is monotone here
     with pytest.raises(ValueError, match="heat"):
         images.overlay(image, np.ones((1, 2, 3)))
+
+
+def test_png_data_uri_is_an_8_bit_png_of_the_image():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    img = torch.zeros(1, 6, 4)
+    img[0, 2, 1] = 1.0
+    uri = images.png_data_uri(img)
+    assert uri.startswith("data:image/png;base64,")
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert pixels.shape == (6, 4) and pixels[2, 1] == 255 and pixels.sum() == 255
+    rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(
+        images.png_data_uri(torch.rand(3, 5, 5)).split(",", 1)[1]))))
+    assert rgb.shape == (5, 5, 3)
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        images.png_data_uri(torch.rand(2, 5, 5))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -48,3 +50,43 @@ def test_sweep_explorer_switches_parameter():
     with pytest.raises(ValueError):
         W.SweepExplorer({})
     plt.close("all")
+
+
+def _sweeps():
+    return {p: [{"parameter": p, "value": v, "seed": 0, "recall@1": 0.5 + v / 100,
+                 "round_distances": [1.0, 0.5]} for v in values]
+            for p, values in (("strength", (0.0, 0.1)), ("lifetime", (1, 10, 30)))}
+
+
+def _png_of(figure) -> bytes:
+    from labkit.widgets.picture import figure_png
+
+    return figure_png(figure)
+
+
+def test_round_explorer_shows_a_picture_of_round_zero_not_its_repr():
+    from labkit.viz.apfs import plot_round
+
+    geometry = fake_geometry()
+    explorer = W.RoundExplorer(geometry)
+    bundle = explorer.widget._repr_mimebundle_()
+    assert "image/png" in bundle
+    assert "VBox" not in bundle["text/plain"] and "RoundExplorer" in bundle["text/plain"]
+    first = plot_round(geometry, 0, fig=plt.figure(figsize=(10, 4.6), dpi=W.PICTURE_DPI))
+    assert base64.b64decode(bundle["image/png"]) == _png_of(first)
+    last = plot_round(geometry, 2, fig=plt.figure(figsize=(10, 4.6), dpi=W.PICTURE_DPI))
+    assert base64.b64decode(bundle["image/png"]) != _png_of(last)
+
+
+def test_sweep_explorer_shows_a_picture_of_its_first_value_not_its_repr():
+    from labkit.viz.apfs import plot_sweep
+
+    sweeps = _sweeps()
+    explorer = W.SweepExplorer(sweeps)
+    bundle = explorer.widget._repr_mimebundle_()
+    assert "image/png" in bundle
+    assert "VBox" not in bundle["text/plain"] and "SweepExplorer" in bundle["text/plain"]
+    first = plot_sweep(sweeps["strength"], highlight=0.0,
+                       fig=plt.figure(figsize=(10, 3.4), dpi=W.PICTURE_DPI))
+    assert base64.b64decode(bundle["image/png"]) == _png_of(first)
+    assert plt.get_fignums() == []  # the picture's figure is closed, not left for the notebook

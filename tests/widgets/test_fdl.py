@@ -53,3 +53,37 @@ def test_lambda_explorer_marks_the_chosen_weight():
         explorer.render(2, 0)
     with pytest.raises(ValueError, match="records is empty"):
         wfdl.LambdaExplorer(images, labels, [])
+
+
+@pytest.mark.parametrize("explorer_class, name", [(wfdl.CamExplorer, "member Grad-CAM explorer"),
+                                                  (wfdl.LambdaExplorer, "FDL weight explorer")])
+def test_explorers_display_a_picture_of_their_first_state_not_their_repr(explorer_class, name):
+    import base64
+    import io
+
+    plt.close("all")
+    images, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    explorer = explorer_class(images, labels, fake_records())
+    bundle = explorer.widget._repr_mimebundle_()
+    picture = plt.imread(io.BytesIO(base64.b64decode(bundle["image/png"])))
+    assert picture.ndim == 3 and min(picture.shape[:2]) > 50
+    assert bundle["text/plain"].startswith(f"{name}: an interactive widget")
+    assert "VBox" not in bundle["text/plain"] and "children" not in bundle["text/plain"]
+    assert not plt.get_fignums()  # the picture's figures are closed, so none shows twice
+
+
+def test_lambda_explorer_picture_holds_both_first_state_figures():
+    import base64
+    import io
+
+    images, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    explorer = wfdl.LambdaExplorer(images, labels, fake_records())
+    picture = plt.imread(io.BytesIO(base64.b64decode(explorer.widget._repr_mimebundle_()["image/png"])))
+    heights = []
+    for fig in explorer.render(0, 0):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=fig.dpi, bbox_inches="tight")
+        plt.close(fig)
+        buffer.seek(0)
+        heights.append(plt.imread(buffer).shape[0])
+    assert picture.shape[0] == sum(heights)

@@ -13,6 +13,7 @@ from torch import nn  # noqa: E402
 
 from labkit.methods.gsp import GSP, gsp_transport, transport_weights  # noqa: E402
 from labkit.widgets import gsp as wg  # noqa: E402
+from labkit.widgets.picture import figure_png  # noqa: E402
 
 
 def _costs():
@@ -75,3 +76,40 @@ def test_explorer_opens_where_mu_changes_the_kept_share():
     assert ex.gamma.value == pytest.approx(wg.selective_gamma(costs), rel=0.06)  # the slider's step
     with pytest.raises(ValueError, match="all equal"):
         wg.selective_gamma(torch.ones(3, 4))
+
+
+def test_weight_grid_feeds_the_slider_with_weight_map_per_setting():
+    import numpy as np
+
+    from labkit.viz.gsp import weight_map_slider
+
+    costs = _costs()
+    mus, gammas = (1.0, 0.5, 0.2), (2.0, wg.selective_gamma(costs))
+    grid = wg.weight_grid(costs, (3, 3), mus, gammas)
+    assert set(grid) == {(m, g) for m in mus for g in gammas}
+    fig = weight_map_slider(torch.rand(1, 12, 12), grid)
+    assert len(fig.frames) == len(mus) * len(gammas)
+    order = sorted(grid, key=lambda key: (key[1], -key[0]))  # the slider's step order
+    for frame, (mu, gamma) in zip(fig.frames, order, strict=True):
+        assert frame.name == f"μ={mu:g} γ={gamma:g}"
+        expected = wg.weight_map(costs, mu, gamma, (3, 3))[0].numpy()
+        np.testing.assert_allclose(np.asarray(frame.data[1].z), expected, atol=1e-4)
+    # different settings give different maps, so moving the slider changes the data
+    assert not np.allclose(fig.frames[-1].data[1].z, fig.frames[0].data[1].z)
+    with pytest.raises(ValueError, match="at least one"):
+        wg.weight_grid(costs, (3, 3), (), gammas)
+    with pytest.raises(ValueError, match="mu"):
+        wg.weight_grid(costs, (3, 3), (1.5,), gammas)
+
+
+def test_explorer_carries_a_picture_of_its_first_state():
+    import base64
+
+    ex = wg.TransportExplorer(_costs(), torch.rand(1, 12, 12), (3, 3), mu=0.3, gamma=5.0)
+    bundle = ex.widget._repr_mimebundle_()
+    png = base64.b64decode(bundle["image/png"])
+    assert png == figure_png(ex.figure(0.3, 5.0))  # the first state, drawn as redraw draws it
+    assert png != figure_png(ex.figure(1.0, 5.0))
+    assert "GSP transport explorer" in bundle["text/plain"]
+    assert "VBox" not in bundle["text/plain"] and "children" not in bundle["text/plain"]
+    plt.close("all")

@@ -6,10 +6,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import base64  # noqa: E402
+
 import pytest  # noqa: E402
 
 from labkit.methods.interchange_experiments import synthetic_zoo  # noqa: E402
 from labkit.widgets import interchange as wid  # noqa: E402
+from labkit.widgets.picture import figure_png  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +59,14 @@ def test_map_explorer_callbacks_refit(zoo):
     assert "no slider applies" in explorer.hint.value
     assert explorer.metrics["r2"] == pytest.approx(1.0)
     assert wid.map_explorer(zoo) is not None
+
+
+def test_map_explorer_displays_a_picture_of_its_first_state(zoo):
+    widget = wid.map_explorer(zoo, "toy0", "toy1")
+    bundle = widget._repr_mimebundle_()
+    png = base64.b64decode(bundle["image/png"])
+    first_state, _ = wid.explorer_figure(zoo, "toy0", "toy1", "affine",
+                                         n_pairs=len(zoo.train_labels))
+    assert png == figure_png(first_state)
+    assert bundle["text/plain"].startswith("map explorer: an interactive widget")
+    assert "VBox" not in bundle["text/plain"] and "children" not in bundle["text/plain"]

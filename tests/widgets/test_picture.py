@@ -37,3 +37,21 @@ def test_picture_only_drops_the_stateless_view_but_only_beside_a_picture():
     assert output["metadata"]["labkit"] == {"widget_picture": True}
     bare = {"output_type": "display_data", "data": widgets.VBox()._repr_mimebundle_()}
     assert not picture_only(bare) and WIDGET_MIMETYPE in bare["data"]
+
+
+def test_several_figures_stack_top_to_bottom_in_one_picture():
+    import io
+
+    import pytest
+
+    from labkit.widgets.picture import figure_png
+
+    first, _ = plt.subplots(figsize=(2, 1), dpi=50)
+    second, _ = plt.subplots(figsize=(1, 1), dpi=50)
+    shapes = [plt.imread(io.BytesIO(figure_png(fig))).shape for fig in
+              (plt.subplots(figsize=(2, 1), dpi=50)[0], plt.subplots(figsize=(1, 1), dpi=50)[0])]
+    stacked = plt.imread(io.BytesIO(figure_png([first, second])))
+    assert stacked.shape[:2] == (shapes[0][0] + shapes[1][0], max(shapes[0][1], shapes[1][1]))
+    assert not plt.fignum_exists(first.number) and not plt.fignum_exists(second.number)
+    with pytest.raises(ValueError, match="no figure"):
+        figure_png([])
