@@ -16,6 +16,10 @@ Contents, pure tensor functions first:
 - `center_loss` (Wen et al. 2016, with the paper's centre update as the centres' gradient).
 - `neural_collapse` (NC1-NC4 of Papyan, Han & Donoho 2020), `parameter_counts`.
 - Modules: `FixedClassifier`, `HadamardClassifier` (Hoffer et al. 2018), `CenterLoss`.
+
+The maths with its symbols, the defaults, the comparison with the authors' code and every
+deviation (including the open one of Center Loss's centres under AdamW) are in
+`docs/methods/reponet.md`.
 """
 
 from __future__ import annotations
@@ -238,9 +242,10 @@ class FixedClassifier(nn.Module):
 
     Margin variant (CVPR-W "Margin-RePoNets"), `margin` = None (plain), "max" or a float (radians):
     forward returns s cos(theta_j) and `loss(f, y)` uses the additive angular margin (ArcFace
-    form). RECONSTRUCTED (spec section 3, UNVERIFIED): that the paper's margin loss is ArcFace's,
-    and the scale s (default 16); "max" sets m = phi, the angle between neighbouring vertices,
-    the largest margin the paper describes ("maximal compactness").
+    form). RECONSTRUCTED (`docs/methods/reponet.md`, "Deviations"; not verified against the
+    paper's body): that the paper's margin loss is ArcFace's, and the scale s (default 16);
+    "max" sets m = phi, the angle between neighbouring vertices, the largest margin the paper
+    describes ("maximal compactness").
     """
 
     def __init__(self, kind: str, num_classes: int, feat_dim: int | None = None, *,
@@ -327,7 +332,9 @@ class CenterLoss(nn.Module):
     no momentum, no weight decay, so each step is exactly c_j <- c_j - alpha Delta c_j (see
     `center_loss`), provided the loss is backpropagated with weight 1: the centres' gradient is
     Delta c_j times the upstream gradient, so `(L_S + L_C) / accum_steps` scales alpha too. The
-    softmax part L_S is the caller's (a learned linear head).
+    softmax part L_S is the caller's (a learned linear head). Another optimiser given this group
+    (AdamW, as the notebook's recipe does) does not perform the paper's update: an open
+    deviation, see `docs/methods/reponet.md`.
     """
 
     def __init__(self, num_classes: int, feat_dim: int, lam: float = 0.01, alpha: float = 0.5) -> None:

@@ -6,6 +6,10 @@ A run = LeNet++ (or a CIFAR ResNet in the `full` profile) with a feature dim d a
 ("simplex", "cube", "orthoplex", "polygon", optionally with the angular margin) or
 "hadamard" (Hoffer et al.). Per epoch it records embeddings of a fixed probe subset of the
 training set and the neural-collapse measures on them; at the end it embeds the test set.
+
+The defaults per profile, the acceptance check (the margin variant, m = phi / 2) and the
+deviations of this recipe from the papers' are in `docs/methods/reponet.md`; trials run
+outside the notebook are in `docs/findings/01_regular_polytope_networks.md`.
 """
 
 from __future__ import annotations

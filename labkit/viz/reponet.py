@@ -1,5 +1,6 @@
 """Figures for notebook 01 (Regular Polytope Networks): the polytopes, feature panels with the
-fixed vertices, snapshots over epochs and neural-collapse curves."""
+fixed vertices, snapshots over epochs (static strips and kernel-free sliders), the train
+panel's first state and neural-collapse curves."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ import numpy as np
 import torch
 
 from labkit.methods import reponet as rp
-from labkit.viz.features import class_color, scatter_features
+from labkit.viz.features import (
+    class_color,
+    display_basis,
+    fixed_ranges,
+    frame_traces,
+    moving_traces,
+    sample_indices,
+    scaled_rays,
+    scatter_features,
+    shown_points,
+    still_traces,
+)
 
 
 def distinct_angles(vertices: torch.Tensor, decimals: int = 2) -> dict[float, int]:
@@ -87,13 +99,11 @@ def _to_display(features: torch.Tensor, directions: torch.Tensor | None):
     """Features (N, d) and directions (K, d) in <= 3-D. When d > 3: a linear map onto the top two
     principal axes of the features, applied without centring, so the origin stays at the origin
     and the rays w_k keep their meaning."""
-    if features.shape[1] <= 3:
+    basis = display_basis(features)
+    if basis is None:
         return features, directions
-    x = features.double()
-    _, _, v = torch.linalg.svd(x - x.mean(0), full_matrices=False)
-    basis = v[:2].T
     shown = (directions.double() @ basis).float() if directions is not None else None
-    return (x @ basis).float(), shown
+    return (features.double() @ basis).float(), shown
 
 
 def feature_panels(results: Sequence[dict[str, Any]], ncols: int = 3, size: float = 3.4,
@@ -178,5 +188,141 @@ def alignment_bars(results: Sequence[dict[str, Any]], size: float = 3.2):
     right.axvline(10, color="k", lw=0.8, ls=":")
     right.set_yticks(range(len(results)), names)
     right.set_xlabel("angle of class mean to its direction (°)")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- kernel-free replays
+
+def _replay_panel(result: dict[str, Any], normalize: bool, polytope: bool,
+                  max_points: int | None) -> dict[str, Any]:
+    """One run's part of a replay: the shown points per frame, labels, rays and still traces."""
+    import plotly.graph_objects as go
+
+    snapshots = result["history"].snapshots
+    labels = result["probe_labels"].numpy().astype(int)
+    keep = sample_indices(len(labels), max_points)
+    basis = display_basis(snapshots[-1])
+    if polytope and (basis is not None or snapshots[-1].shape[1] != 3 or not result["fixed"]):
+        raise ValueError(f"{result['label']}: the polytope view needs a fixed head with 3-D features")
+    normalize = normalize or polytope
+    points = [shown_points(s, basis, normalize)[keep] for s in snapshots]
+    reach = 1.0 if normalize else float(np.percentile(np.linalg.norm(points[-1], axis=1), 98))
+    rays = scaled_rays(result["directions"], reach, basis)
+    extras = []
+    if polytope:
+        # the polytope's edges and vertices (spare vertices too) on the unit sphere
+        v = torch.nn.functional.normalize(result.get("vertices", result["directions"]).double(),
+                                          dim=1).numpy()
+        edges: dict[str, list[float | None]] = {"x": [], "y": [], "z": []}
+        for a, b in _edges(v):
+            for axis, column in zip("xyz", v[[a, b]].T, strict=True):
+                edges[axis] += [round(float(column[0]), 4), round(float(column[1]), 4), None]
+        extras = [go.Scatter3d(mode="lines", line=dict(color="grey", width=2), showlegend=False,
+                               hoverinfo="skip", **edges),
+                  go.Scatter3d(mode="markers", marker=dict(size=4, color="crimson"),
+                               showlegend=False, hovertext=[f"w{k}" for k in range(len(v))],
+                               hoverinfo="text", **dict(zip("xyz", v.round(4).T, strict=True)))]
+    return {"points": points, "labels": labels[keep], "rays": rays, "extras": extras,
+            "dim": points[0].shape[1], "pca": basis is not None}
+
+
+def replay_slider(results: Sequence[dict[str, Any]], *, normalize: bool = False,
+                  polytope: bool = False, max_points: int | None = 300,
+                  title: str = "probe features"):
+    """Several runs' recorded probe features side by side (one subplot per run) with one epoch
+    slider over them: the kernel-free counterpart of `labkit.widgets.reponet.replay`.
+
+    Every run must have recorded the same epochs. Each run's class directions (the fixed
+    vertices, or a learned head's final rows) are drawn as rays on every frame; d > 3 is shown
+    by PCA to 2-D through one map for all frames; each subplot keeps its axes fixed across
+    frames. `normalize` shows f / ||f||; `polytope` (3-D fixed heads) also draws each polytope's
+    edges and vertices and implies `normalize`, so the features are seen gathering on w_k.
+    """
+    from plotly.subplots import make_subplots
+
+    from labkit.viz.playable import Frame, add_slider
+
+    if not results:
+        raise ValueError("no runs to replay")
+    epochs = list(results[0]["history"].snapshot_epochs)
+    for r in results:
+        if not r["history"].snapshots:
+            raise ValueError(f"{r['label']} recorded no snapshots")
+        if list(r["history"].snapshot_epochs) != epochs:
+            raise ValueError(f"{r['label']} recorded epochs {r['history'].snapshot_epochs}, "
+                             f"{results[0]['label']} {epochs}: replay them one at a time")
+    panels = [_replay_panel(r, normalize, polytope, max_points) for r in results]
+    legend_panel = max(range(len(panels)), key=lambda i: len(np.unique(panels[i]["labels"])))
+    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.03,
+                        specs=[[{"type": "scene" if p["dim"] == 3 else "xy"} for p in panels]],
+                        subplot_titles=[r["label"] + (" (PCA)" if p["pca"] else "")
+                                        for r, p in zip(results, panels, strict=True)])
+    for col, panel in enumerate(panels, start=1):
+        traces = panel["extras"] + frame_traces(panel["points"][-1], panel["labels"],
+                                                rays=panel["rays"], legend=col - 1 == legend_panel)
+        for trace in traces:
+            fig.add_trace(trace, row=1, col=col)
+        ranges = fixed_ranges(panel["points"] + [panel["rays"]])
+        if panel["dim"] == 3:
+            span = max(max(abs(lo), abs(hi)) for lo, hi in ranges)
+            fig.update_scenes(aspectmode="cube", row=1, col=col,
+                              **{f"{axis}axis": dict(range=[-span, span], title="") for axis in "xyz"})
+        else:
+            anchor = "x" + fig.get_subplot(1, col).xaxis.plotly_name[len("xaxis"):]
+            fig.update_xaxes(range=ranges[0], autorange=False, row=1, col=col)
+            fig.update_yaxes(range=ranges[1], autorange=False, scaleanchor=anchor, scaleratio=1,
+                             row=1, col=col)
+    heading = f"{title} on the polytopes (f/‖f‖)" if polytope else title
+    frames = []
+    for index, epoch in enumerate(epochs):
+        traces = []
+        for panel in panels:
+            traces += still_traces(len(panel["extras"]) + len(panel["rays"]), panel["dim"])
+            traces += moving_traces(panel["points"][index], panel["labels"])
+        frames.append(Frame(str(epoch), traces, {"title": {"text": f"{heading}, epoch {epoch}"}}))
+    fig.update_layout(width=330 * len(panels) + 90, height=480,
+                      margin=dict(l=10, r=10, t=70, b=10), modebar=dict(orientation="v"),
+                      legend=dict(itemsizing="constant", font=dict(size=10), tracegroupgap=0))
+    return add_slider(fig, frames, prefix="epoch", active=len(frames) - 1)
+
+
+def polytope_replay_slider(results: Sequence[dict[str, Any]], **options: Any):
+    """`replay_slider(results, polytope=True)`: 3-D fixed-head runs, the features' directions
+    gathering on their vertices over the recorded epochs, edges and vertices drawn."""
+    return replay_slider(results, polytope=True, **options)
+
+
+# ----------------------------------------------------------------------------- the train panel
+
+def head_preview(kind: str, num_classes: int, feat_dim: int | None = None, size: float = 3.6):
+    """The train panel's first state, before any training: an empty feature plot with the chosen
+    head's class directions w_k drawn as rays (fixed heads in d <= 3; a learned head's rows move
+    as it trains, and d > 3 is shown by PCA, so neither gets rays). Returns the figure."""
+    fixed = kind in rp.KINDS
+    w = rp.polytope_vertices(kind, num_classes, feat_dim, dtype=torch.float64) if fixed else None
+    d = w.shape[1] if w is not None else (feat_dim or 2)
+    drawn = w is not None and d <= 3
+    fig = plt.figure(figsize=(size, size))
+    ax = fig.add_subplot(projection="3d" if drawn and d == 3 else None)
+    if drawn:
+        v = w.numpy()
+        if d == 3 and kind != "hadamard":
+            for a, b in _edges(v):
+                ax.plot(*v[[a, b]].T, color="grey", lw=0.8)
+        for k, p in enumerate(v[:num_classes]):
+            ax.plot(*np.stack([np.zeros(d), p]).T, color=class_color(k), lw=2)
+        ax.scatter(*v.T, color="crimson", s=18)
+        if d == 3:
+            ax.set_box_aspect((1, 1, 1))
+        else:
+            ax.set_aspect("equal")
+    else:
+        reason = "a learned head: no fixed rays" if not fixed else f"d = {d}: shown by PCA, no rays"
+        ax.text(0.5, 0.5, reason, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_title(f"{kind}, K={num_classes}, d={d}\nthe probe features appear here after epoch 1",
+                 fontsize=9)
     fig.tight_layout()
     return fig

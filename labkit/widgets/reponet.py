@@ -1,5 +1,9 @@
 """Widgets for notebook 01: replay recorded runs (run picker + epoch slider) and a
-"train with these settings" panel that streams the probe features live (plotly FigureWidget)."""
+"train with these settings" panel that streams the probe features live (plotly FigureWidget).
+
+Each carries a picture of its first state (`labkit.widgets.picture.with_picture`); the
+kernel-free counterparts of the replay are `labkit.viz.reponet.replay_slider` and
+`polytope_replay_slider`."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from labkit.methods import reponet_experiments as rx
 from labkit.viz import reponet as vr
 from labkit.viz.features import scatter_features
 from labkit.widgets.live import LiveScatter
+from labkit.widgets.picture import with_picture
 from labkit.widgets.sync import serialized
 
 
@@ -29,7 +34,8 @@ def draw_snapshot(result: dict[str, Any], index: int, ax=None):
 
 
 def replay(results: Sequence[dict[str, Any]]):
-    """A run picker and an epoch slider over the recorded snapshots (instant: no training)."""
+    """A run picker and an epoch slider over the recorded snapshots (instant: no training); it
+    opens on the first run's last snapshot, which its picture shows."""
     import ipywidgets as widgets
 
     if not results:
@@ -53,7 +59,8 @@ def replay(results: Sequence[dict[str, Any]]):
     picker.observe(draw, names="value")
     slider.observe(draw, names="value")
     draw()
-    return widgets.VBox([widgets.HBox([picker, slider]), out])
+    box = widgets.VBox([widgets.HBox([picker, slider]), out])
+    return with_picture(box, draw_snapshot(results[0], slider.value).figure, "run replay")
 
 
 def settings_config(kind: str, classes: int, feat_dim: int | None, loss: str, epochs: int) -> dict[str, Any]:
@@ -74,7 +81,8 @@ class TrainPanel:
 
     Training runs in a background thread, so the kernel keeps answering the front end: the
     probe features appear after the first epoch and are redrawn after each one, while a
-    progress bar and the disabled button say that it is busy. `widget` is what to display.
+    progress bar and the disabled button say that it is busy. `widget` is what to display; its
+    picture shows the first state: the default head's rays in a still empty feature plot.
     """
 
     def __init__(self) -> None:
@@ -100,6 +108,8 @@ class TrainPanel:
         controls = widgets.VBox([self.kind, self.classes, self.feat_dim, self.loss, self.epochs,
                                  self.button, self.progress])
         self.widget = widgets.HBox([controls, widgets.VBox([self.status, self.figure])])
+        with_picture(self.widget, vr.head_preview(self.kind.value, self.classes.value,
+                                                  self.feat_dim.value or None), "train panel")
 
     @serialized  # two clicks arriving on two kernel threads start one run
     def start(self, _: Any = None) -> None:

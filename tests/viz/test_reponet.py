@@ -1,6 +1,7 @@
 """Figures of notebook 01 on synthetic runs (no training)."""
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 
@@ -46,3 +47,82 @@ def test_run_figures_build(fake_run):
     curves = vr.collapse_curves(runs)
     assert len(curves.axes) == 4 and len(curves.axes[0].lines) == 3
     assert len(vr.alignment_bars(runs).axes) == 2
+
+
+def _marker_points(trace):
+    axes = "xyz" if trace.type == "scatter3d" else "xy"
+    return np.stack([np.asarray(getattr(trace, a), dtype=float) for a in axes], 1)
+
+
+def test_replay_slider_puts_each_run_in_its_subplot_with_one_epoch_slider(fake_run):
+    from labkit.viz.playable import slider_steps
+
+    runs = [fake_run("polygon", 10, 2, epochs=3), fake_run("polygon", 10, 2, fixed=False, epochs=3)]
+    fig = vr.replay_slider(runs)
+    assert slider_steps(fig) == ["0", "1", "2", "3"]
+    # per run: 10 rays then 10 class traces, all on that run's axes
+    assert len(fig.data) == 2 * (10 + 10)
+    assert [t.mode for t in fig.data[20:]] == ["lines"] * 10 + ["markers"] * 10
+    assert {t.xaxis for t in fig.data[:20]} == {"x"} and {t.xaxis for t in fig.data[20:]} == {"x2"}
+    assert [a.text for a in fig.layout.annotations] == [r["label"] for r in runs]
+    labels = runs[1]["probe_labels"]
+    for index in range(4):
+        frame = fig.frames[index]
+        assert len(frame.data) == len(fig.data) and frame.layout.title.text.endswith(f"epoch {index}")
+        snapshot = runs[1]["history"].snapshots[index]
+        for k in range(10):
+            np.testing.assert_allclose(_marker_points(frame.data[30 + k]),
+                                       snapshot[labels == k].numpy(), atol=1e-4)
+    assert fig.layout.xaxis2.autorange is False and fig.layout.yaxis2.scaleanchor == "x2"
+    assert sum(t.showlegend is not False for t in fig.data if t.mode == "markers") == 10
+
+
+def test_replay_slider_refuses_runs_it_cannot_line_up(fake_run):
+    with pytest.raises(ValueError, match="no runs"):
+        vr.replay_slider([])
+    with pytest.raises(ValueError, match="one at a time"):
+        vr.replay_slider([fake_run(epochs=2), fake_run(epochs=3)])
+    empty = fake_run()
+    empty["history"].snapshots.clear()
+    with pytest.raises(ValueError, match="no snapshots"):
+        vr.replay_slider([empty])
+
+
+def test_polytope_replay_slider_draws_unit_features_on_the_polytopes(fake_run):
+    runs = [fake_run("simplex", 4, 3, epochs=2), fake_run("cube", 8, 3, epochs=2)]
+    fig = vr.polytope_replay_slider(runs)
+    assert all(t.type == "scatter3d" for t in fig.data)
+    low, high = fig.layout.scene.xaxis.range
+    assert low == -high and 1.0 < high < 1.2  # the unit sphere, for every frame
+    # simplex: edges, vertices, 4 rays, 4 classes; then the cube's 2 + 8 + 8
+    assert len(fig.data) == (2 + 4 + 4) + (2 + 8 + 8)
+    cube_edges, cube_vertices = fig.data[10], fig.data[11]
+    assert len(cube_edges.x) == 12 * 3  # 12 edges, each two ends and a break
+    assert len(cube_vertices.x) == 8 and cube_vertices.marker.color == "crimson"
+    for index in range(3):
+        frame = fig.frames[index].data
+        assert all(t.x is None for t in frame[:6])  # edges, vertices and rays stay as drawn
+        points = np.concatenate([_marker_points(t) for t in frame[6:10]])
+        np.testing.assert_allclose(np.linalg.norm(points, axis=1), 1.0, atol=1e-3)
+        snapshot = runs[0]["history"].snapshots[index]
+        unit = (snapshot / snapshot.norm(dim=1, keepdim=True)).numpy()
+        labels = runs[0]["probe_labels"]
+        np.testing.assert_allclose(_marker_points(frame[6 + 1]), unit[labels == 1], atol=1e-4)
+    learned = fake_run("simplex", 4, 3, fixed=False)
+    with pytest.raises(ValueError, match="fixed head"):
+        vr.polytope_replay_slider([learned])
+    with pytest.raises(ValueError, match="3-D"):
+        vr.polytope_replay_slider([fake_run("polygon", 4, 2)])
+
+
+def test_head_preview_draws_the_fixed_rays_before_training():
+    fig = vr.head_preview("simplex", 4)
+    ax = fig.axes[0]
+    assert ax.name == "3d" and "d=3" in ax.get_title()
+    assert len(ax.lines) == 6 + 4  # the tetrahedron's edges, then one ray per class
+    assert len(ax.collections) == 1  # the vertices; no features yet
+    polygon = vr.head_preview("polygon", 5).axes[0]
+    assert polygon.name != "3d" and len(polygon.lines) == 5
+    for kind, k, d in (("learned", 4, 2), ("simplex", 10, None)):
+        ax = vr.head_preview(kind, k, d).axes[0]
+        assert not ax.lines and ax.texts  # no rays: a note says why

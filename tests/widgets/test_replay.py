@@ -67,8 +67,22 @@ def test_snapshot_player_redraws_on_slider_change(monkeypatch):
     slider, out = box.children
     assert isinstance(out, widgets.Output)
     assert [label for label, _ in slider.options] == ["0", "2", "4"]
-    assert drawn == [2] and slider.label == "4"  # the last epoch is drawn first
+    # the last epoch is drawn first, for the widget and for its picture
+    assert drawn == [2, 2] and slider.label == "4"
     slider.value = 0
-    assert drawn == [2, 0] and slider.label == "0"
+    assert drawn == [2, 2, 0] and slider.label == "0"
     slider.value = 1
-    assert drawn == [2, 0, 1]
+    assert drawn == [2, 2, 0, 1]
+
+
+def test_snapshot_player_carries_a_picture_of_its_first_state():
+    import base64
+
+    history, labels = _history()
+    before = plt.get_fignums()
+    bundle = replay.snapshot_player(history, labels)._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    assert bundle["text/plain"].startswith("epoch replay: an interactive widget")
+    assert "VBox" not in bundle["text/plain"]
+    # the picture's figure is closed (the widget's own goes to its Output)
+    assert len(plt.get_fignums()) <= len(before) + 1

@@ -40,6 +40,35 @@ def test_train_panel_builds():
     assert [c.description for c in controls.children][-2:] == ["Train", "epoch"]
 
 
+def _picture(widget, name):
+    import base64
+
+    bundle = widget._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    assert bundle["text/plain"].startswith(f"{name}: an interactive widget")
+    assert "children" not in bundle["text/plain"]
+    return bundle
+
+
+def test_widgets_carry_pictures_of_their_first_state(fake_run, monkeypatch):
+    from labkit.viz import reponet as vr
+
+    runs = [fake_run(epochs=2), fake_run("orthoplex", 6, 3)]
+    shown = []
+    draw = wr.draw_snapshot
+    monkeypatch.setattr(wr, "draw_snapshot", lambda r, i, ax=None: shown.append((r["label"], i))
+                        or draw(r, i, ax))
+    _picture(wr.replay(runs), "run replay")
+    assert shown == [("simplex d=3", 2)] * 2  # the first run's last snapshot: widget, picture
+    drawn = []
+    original = vr.head_preview
+    monkeypatch.setattr(vr, "head_preview", lambda *args: drawn.append(args) or original(*args))
+    panel = wr.TrainPanel()
+    _picture(panel.widget, "train panel")
+    assert drawn == [("simplex", 4, None)]  # the head the controls open with
+    _picture(wr.train_panel(), "train panel")
+
+
 def test_train_panel_streams_frames_in_the_background(monkeypatch, tmp_path):
     monkeypatch.setenv("LABKIT_PROFILE", "quick")
     panel = wr.TrainPanel()
