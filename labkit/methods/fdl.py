@@ -88,7 +88,7 @@ def _check_maps(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 def fdl_descriptor(feature_map: torch.Tensor, *, mask: bool = True,
                    max_norm: bool = False) -> torch.Tensor:
-    """The spec's descriptor d_m of one member's map: (B, C, H, W) -> (B, H, W).
+    """The descriptor d_m (docs/methods/fdl.md) of one member's map: (B, C, H, W) -> (B, H, W).
 
     Channel mean; optionally divided by its per-sample largest absolute value (`max_norm`, off in
     every published run; the authors divide the masked descriptor by its maximum instead, which

@@ -353,7 +353,7 @@ def cam_records(settings: dict[str, Any], *, k: int, seed: int, images: torch.Te
                 lambdas: Sequence[tuple[float, float]] | None = None) -> list[dict[str, Any]]:
     """Grad-CAMs (M, B, H, W) of every member for `images`, one record per lambda pair.
 
-    Default lambdas: classical (0, 0) and the spec's (lambda_cos, lambda_euc). Each record holds
+    Default lambdas: classical (0, 0) and the method page's (lambda_cos, lambda_euc). Each record holds
     the lambdas, the run's metrics, the CAMs and the members' predictions (M, B).
     """
     if lambdas is None:
@@ -371,6 +371,6 @@ def cam_records(settings: dict[str, Any], *, k: int, seed: int, images: torch.Te
 
 
 def lambda_grid(settings: dict[str, Any]) -> list[tuple[float, float]]:
-    """Multiples of the spec's (lambda_cos, lambda_euc) for the lambda slider (0 = classical)."""
+    """Multiples of the method page's (lambda_cos, lambda_euc) for the lambda slider (0 = classical)."""
     scales = config.pick(quick=(0.0, 1.0), lab=(0.0, 0.1, 1.0, 3.0), full=(0.0, 0.01, 0.1, 0.3, 1.0, 3.0))
     return [(settings["lambda_cos"] * s, settings["lambda_euc"] * s) for s in scales]

@@ -528,7 +528,7 @@ def zero_shot_prediction_loss(histograms: torch.Tensor, labels: torch.Tensor,
     Y_{y_A}, predicts Ŷ_B = Z_B W_A, and vice versa; each prediction is scored by a softmax over
     all classes of scale·⟨ŷ, Y_c⟩ (margin 0). Returns the mean of the two halves' mean
     cross-entropies (a scalar; for an odd batch this weighs the smaller half's samples a little
-    more than the spec's mean over all samples). Computed with autocast off and 16-bit inputs
+    more than a mean over all samples would). Computed with autocast off and 16-bit inputs
     in float32: bfloat16 has no linear solve, and CUDA autocast does not upcast it.
     """
     if histograms.dim() != 2 or labels.dim() != 1 or histograms.shape[0] != labels.shape[0]:

@@ -37,7 +37,7 @@ class TinyNet(nn.Module):
 
 
 def reference_loss(maps: list[np.ndarray], lc: float, le: float) -> float:
-    """Direct numpy re-computation of the spec, one sample and one pair at a time."""
+    """Direct numpy re-computation of the formulas in docs/methods/fdl.md, one sample and one pair at a time."""
     total = 0.0
     batch = maps[0].shape[0]
     for b in range(batch):
