@@ -143,24 +143,43 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def lab_page(browser, lab_server):
-    """A new page logged in to the server; `page.blocked` lists the requests that were refused."""
-    base, token, _ = lab_server
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def allow_only(context, prefixes: tuple[str, ...]) -> list[str]:
+    """Abort every request of `context` whose URL starts with none of `prefixes`; returns the
+    list the refused URLs are appended to."""
     blocked: list[str] = []
 
     def route(request_route) -> None:
         url = request_route.request.url
-        if url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")):
+        if url.startswith(prefixes):
             request_route.continue_()
         else:
             blocked.append(url)
             request_route.abort()
 
     context.route("**/*", route)
+    return blocked
+
+
+@pytest.fixture
+def offline_page(browser):
+    """A page that may load file:// and data: URLs only; `page.blocked` lists the rest and
+    `page.errors` the scripts' uncaught errors."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
     page = context.new_page()
-    page.blocked = blocked
+    page.blocked = allow_only(context, ("file://", "data:", "blob:"))
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def lab_page(browser, lab_server):
+    """A new page logged in to the server; `page.blocked` lists the requests that were refused."""
+    base, token, _ = lab_server
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.blocked = allow_only(context, ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))
     page.console = []
     page.on("console", lambda message: page.console.append(f"{message.type}: {message.text}"))
     page.goto(f"{base}/lab?token={token}")

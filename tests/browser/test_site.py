@@ -34,29 +34,6 @@ def site_dir(tmp_path_factory) -> Path:
     return out / "site"
 
 
-@pytest.fixture
-def offline_page(browser):
-    """A page that may load file:// and data: URLs only; `page.blocked` lists the rest."""
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    blocked: list[str] = []
-
-    def route(request_route) -> None:
-        url = request_route.request.url
-        if url.startswith(("file://", "data:", "blob:")):
-            request_route.continue_()
-        else:
-            blocked.append(url)
-            request_route.abort()
-
-    context.route("**/*", route)
-    page = context.new_page()
-    page.blocked = blocked
-    page.errors = []
-    page.on("pageerror", lambda error: page.errors.append(str(error)))
-    yield page
-    context.close()
-
-
 def test_the_index_lists_every_notebook_with_its_figure(offline_page, site_dir, shots_dir):
     page = offline_page
     page.goto((site_dir / "index.html").as_uri())
