@@ -323,6 +323,17 @@ def _digit_labels(labels: torch.Tensor, class_names: Sequence[str] | None) -> li
     return [f"{index}: {name}" for index, name in enumerate(classes)]
 
 
+def _add_member_cells(traces: list[Any], titles: list[str], image: torch.Tensor,
+                      record: Mapping[str, Any], index: int, row: int, pool: int,
+                      class_names: Sequence[str] | None) -> None:
+    """Append one grid row: every member's CAM of image `index` of `record` over the digit,
+    and each cell's title (the member's prediction)."""
+    members = record["cams"].shape[0]
+    for m in range(members):
+        traces += _cam_cell_traces(image, record["cams"][m, index], row * members + m, pool)
+        titles.append(f"member {m + 1}: {_class_name(class_names, record['preds'][m, index])}")
+
+
 def member_cam_slider(images: torch.Tensor, labels: torch.Tensor,
                       records: Sequence[Mapping[str, Any]],
                       class_names: Sequence[str] | None = None, *, pool: int = 2) -> Any:
@@ -341,11 +352,7 @@ def member_cam_slider(images: torch.Tensor, labels: torch.Tensor,
     for index, step in enumerate(_digit_labels(labels, class_names)):
         traces, titles = [], []
         for row, record in enumerate(records):
-            for m in range(members):
-                traces += _cam_cell_traces(images[index], record["cams"][m, index],
-                                           row * members + m, pool)
-                titles.append(f"member {m + 1}: "
-                              f"{_class_name(class_names, record['preds'][m, index])}")
+            _add_member_cells(traces, titles, images[index], record, index, row, pool, class_names)
         overlap = " · ".join(f"{name} IoU {_iou_text(r['cams'][:, index])}"
                              for name, r in zip(rows, records, strict=True))
         title = {"text": f"Grad-CAM of each member, test digit {index} (true class "
@@ -389,11 +396,7 @@ def lambda_cam_slider(images: torch.Tensor, labels: torch.Tensor,
     for record in records:
         traces, titles = [], []
         for row, index in enumerate(digits):
-            for m in range(members):
-                traces += _cam_cell_traces(images[index], record["cams"][m, index],
-                                           row * members + m, pool)
-                titles.append(f"member {m + 1}: "
-                              f"{_class_name(class_names, record['preds'][m, index])}")
+            _add_member_cells(traces, titles, images[index], record, index, row, pool, class_names)
         frames.append(Frame(record_name(record), traces,
                             {"title": lambda_title(record, metric),
                              "annotations": _titled(fig, titles)}))
