@@ -199,13 +199,13 @@ print(fx.comparison_table(rows, ("mean_member", "soft_vote", "fusion", "iou_map"
 # `docs/findings/02_feature_distance_loss.md`):
 #
 # * **Attention spreads apart, as claimed.** Averaged over k, FDL cuts the members' mean pairwise
-#   IoU from 0.601 to 0.201 on the FDL maps and from 0.352 to 0.178 on the Grad-CAMs, and it
+#   IoU from 0.600 to 0.201 on the FDL maps and from 0.351 to 0.179 on the Grad-CAMs, and it
 #   overlaps less at every k.
 # * **The accuracy gain is not reproduced.** The FDL ensemble is less accurate than the classical
 #   one at every k and for every combiner (soft vote at k = 10: 0.807 against 0.854). Voting does
 #   buy FDL members more (+0.05 to +0.08 over their mean, against +0.02 to +0.04), but each FDL
 #   member loses about 0.08 first.
-# * **The weight.** At k = 10 the Grad-CAM overlap falls from the classical 0.308 to 0.179 at
+# * **The weight.** At k = 10 the Grad-CAM overlap falls from the classical 0.304 to 0.179 at
 #   (1, 10) and then stops falling, while the soft vote drops from 0.884 to 0.812 at (3, 30).
 # * **Caveats.** A small budget on centred digits with 8/16-channel members, and the members lack
 #   the authors' conv-block dropout and He-uniform initialisation (an open deviation, see
