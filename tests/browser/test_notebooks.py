@@ -67,8 +67,10 @@ PLOTS = """nb => [...nb.querySelectorAll('.js-plotly-plot')]
                        && p._fullLayout._subplots.gl3d.length),
               webgl: !!p.querySelector('canvas')}))"""
 
-CAMERA = """p => { const scene = p._fullLayout.scene._scene;
-  return JSON.stringify(scene ? scene.getCamera().eye : p._fullLayout.scene.camera.eye); }"""
+# the eye of every 3-D scene of a figure (a drag turns the scene under the mouse)
+CAMERA = """p => JSON.stringify(p._fullLayout._subplots.gl3d.map(id => {
+  const scene = p._fullLayout[id]._scene;
+  return scene ? scene.getCamera().eye : p._fullLayout[id].camera.eye; }))"""
 
 
 def _wait(page, predicate, timeout: float, what: str, interval: float = 0.5):
