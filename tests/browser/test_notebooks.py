@@ -67,6 +67,11 @@ PLOTS = """nb => [...nb.querySelectorAll('.js-plotly-plot')]
                        && p._fullLayout._subplots.gl3d.length),
               webgl: !!p.querySelector('canvas')}))"""
 
+# where the first 3-D scene's middle sits in the figure, in pixels from its top left
+SCENE_MIDDLE = """p => { const size = p._fullLayout._size;
+  const domain = p._fullLayout[p._fullLayout._subplots.gl3d[0]].domain;
+  return [size.l + size.w * (domain.x[0] + domain.x[1]) / 2,
+          size.t + size.h * (1 - (domain.y[0] + domain.y[1]) / 2)]; }"""
 # the eye of every 3-D scene of a figure (a drag turns the scene under the mouse)
 CAMERA = """p => JSON.stringify(p._fullLayout._subplots.gl3d.map(id => {
   const scene = p._fullLayout[id]._scene;
@@ -229,8 +234,11 @@ def test_notebook_in_the_browser(lab_page, lab_server, shots_dir, plotly_checks,
             figure.scroll_into_view_if_needed()
             figure.screenshot(path=shots_dir / f"{stem}-plot{i}-before.png")
             eye = figure.evaluate(CAMERA)
-            box = figure.locator(".gl-container").first.bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            # the middle of the first scene's domain: with several scenes the shared
+            # .gl-container can have no height
+            box = figure.bounding_box()
+            middle = figure.evaluate(SCENE_MIDDLE)
+            x, y = box["x"] + middle[0], box["y"] + middle[1]
             page.mouse.move(x, y)
             page.mouse.down()
             page.mouse.move(x + 60, y + 20, steps=8)
