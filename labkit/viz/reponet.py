@@ -15,6 +15,7 @@ import torch
 from labkit.methods import reponet as rp
 from labkit.viz.features import (
     class_color,
+    class_rgb,
     display_basis,
     fixed_ranges,
     frame_traces,
@@ -61,9 +62,8 @@ def polytope_figure(kind: str, num_classes: int):
         traces.append(go.Scatter3d(x=v[[a, b], 0], y=v[[a, b], 1], z=v[[a, b], 2], mode="lines",
                                    line=dict(color="grey", width=3), showlegend=False, hoverinfo="skip"))
     for k, p in enumerate(v):
-        color = "rgb({},{},{})".format(*(int(255 * c) for c in class_color(k)))
         traces.append(go.Scatter3d(x=[0, p[0]], y=[0, p[1]], z=[0, p[2]], mode="lines",
-                                   line=dict(color=color, width=5), showlegend=False, hoverinfo="skip"))
+                                   line=dict(color=class_rgb(k), width=5), showlegend=False, hoverinfo="skip"))
     hover = [f"w{k}<br>" + "<br>".join(f"∠(w{k}, w{j}) = {angles[k, j]:.1f}°"
                                          for j in range(len(v)) if j != k) for k in range(len(v))]
     traces.append(go.Scatter3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], mode="markers+text",
