@@ -60,7 +60,8 @@ def train_classifier(settings: dict | None = None, *,
 
     `head_factory(feat_dim, num_classes)` builds a custom head (settings["head"] then names it in
     the cache key); `loss_factory(feat_dim, num_classes)` builds an extra loss module called as
-    `loss(embedding, labels)` and added to the cross-entropy (e.g. Center Loss), optimised with it.
+    `loss(embedding, labels)` and added to the cross-entropy, its parameters optimised with the
+    network's (Center Loss needs its centres' own SGD instead: `reponet_experiments` does that).
     """
     s = classifier_settings() if settings is None else settings
     train, test = _splits(s)

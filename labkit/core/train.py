@@ -111,12 +111,16 @@ def fit(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, *, epochs: int,
         device: torch.device | str | None = None, probe: torch.Tensor | None = None,
         snapshot_every: int = 1, callbacks: Sequence[Any] = (),
         eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None, seed: int = 0,
-        progress: bool = True, amp: bool | None = None, history: History | None = None) -> History:
+        progress: bool = True, amp: bool | None = None, history: History | None = None,
+        side_optimizers: Sequence[torch.optim.Optimizer] = ()) -> History:
     """Train `model` in place with `loss_fn(model, images, labels) -> scalar` and return its History.
 
     Parameters optimised: `param_groups` if given, else the model's (and `loss_fn`'s when it is an
-    nn.Module, e.g. Center Loss centres). Batches come from `batch_sampler` (index lists) or a
-    seeded shuffle. On CUDA the data live on the GPU and autocast (bfloat16) runs unless amp=False.
+    nn.Module). `side_optimizers` own parameters with an update rule of their own (Center Loss
+    centres: plain SGD at a constant alpha): they step after the main optimiser on the same
+    backward pass, outside its schedule, and their parameters are left out of the main groups.
+    Batches come from `batch_sampler` (index lists) or a seeded shuffle. On CUDA the data live on
+    the GPU and autocast (bfloat16) runs unless amp=False.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -134,6 +138,11 @@ def fit(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, *, epochs: int,
         if isinstance(loss_fn, nn.Module):
             params += list(loss_fn.parameters())
         param_groups = [{"params": [p for p in params if p.requires_grad]}]
+    side_params = {id(p) for side in side_optimizers for group in side.param_groups
+                   for p in group["params"]}
+    if side_params:
+        param_groups = [{**group, "params": [p for p in group["params"] if id(p) not in side_params]}
+                        for group in param_groups]
     opt = _make_optimizer(param_groups, optimizer, lr, momentum, weight_decay)
     generator = torch.Generator().manual_seed(seed)
     config.seed_everything(seed)
@@ -166,8 +175,12 @@ def fit(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, *, epochs: int,
                 with autocast():
                     loss = loss_fn(model, data.images[index], data.labels[index])
                 opt.zero_grad(set_to_none=True)
+                for side in side_optimizers:
+                    side.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                for side in side_optimizers:
+                    side.step()
                 if scheduler is not None:
                     scheduler.step()
                 total += loss.detach().float()

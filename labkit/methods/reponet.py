@@ -328,13 +328,13 @@ class CenterLoss(nn.Module):
     uses the fan-in only, U(+-sqrt(3 / d)) (+-1.22 against our +-0.71 for MNIST's K = 10, d = 2):
     a known deviation, kept because the stored runs were trained with it.
 
-    Train the centres in their own plain SGD group, `center_loss.param_group()`: lr = alpha,
-    no momentum, no weight decay, so each step is exactly c_j <- c_j - alpha Delta c_j (see
-    `center_loss`), provided the loss is backpropagated with weight 1: the centres' gradient is
-    Delta c_j times the upstream gradient, so `(L_S + L_C) / accum_steps` scales alpha too. The
-    softmax part L_S is the caller's (a learned linear head). Another optimiser given this group
-    (AdamW, as the notebook's recipe does) does not perform the paper's update: an open
-    deviation, see `docs/methods/reponet.md`.
+    The centres get their own optimiser, `optimizer()`: plain SGD at lr = alpha, no momentum, no
+    weight decay and no schedule, so each step is exactly c_j <- c_j - alpha Delta c_j (see
+    `center_loss`), whatever optimiser and schedule train the network (pass it to
+    `fit(..., side_optimizers=[...])`). That holds when the loss is backpropagated with weight
+    1: the centres' gradient is Delta c_j times the upstream gradient, so
+    `(L_S + L_C) / accum_steps` scales alpha too. The softmax part L_S is the caller's (a
+    learned linear head).
     """
 
     def __init__(self, num_classes: int, feat_dim: int, lam: float = 0.01, alpha: float = 0.5) -> None:
@@ -349,10 +349,9 @@ class CenterLoss(nn.Module):
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return center_loss(features, labels, self.centers, self.lam)
 
-    def param_group(self) -> dict:
-        """The optimizer param group that realises the paper's centre update (use torch SGD)."""
-        return {"params": [self.centers], "lr": self.alpha, "momentum": 0.0, "weight_decay": 0.0,
-                "nesterov": False, "dampening": 0.0}
+    def optimizer(self) -> torch.optim.SGD:
+        """The centres' own optimiser, realising Wen et al.'s update at a constant alpha."""
+        return torch.optim.SGD([self.centers], lr=self.alpha, momentum=0.0, weight_decay=0.0)
 
 
 # ----------------------------------------------------------------------------- measures

@@ -204,16 +204,17 @@ def train(cfg: dict[str, Any], *, progress: bool = True, callbacks: Sequence[Any
     # recipe's): it is what bounds ||f||. A strong one (20 with AdamW) cost accuracy here without
     # bringing class means closer to their vertices in a 5-epoch run.
     groups = [{"params": rest}, {"params": neck, "weight_decay": cfg["neck_weight_decay"]}]
+    side_optimizers = []
     if cfg["head"] == "center":
         center = rp.CenterLoss(len(cfg["classes"]), cfg["feat_dim"], cfg["lam"], cfg["alpha"])
         center.to(device)
-        groups.append(center.param_group())
+        side_optimizers.append(center.optimizer())
     tracker = CollapseTracker(model, probe.labels)
     history = fit(model, make_loss(center), train_set, epochs=cfg["epochs"],
                   batch_size=cfg["batch_size"], optimizer=cfg["optimizer"], lr=cfg["lr"], momentum=0.9,
                   weight_decay=cfg["weight_decay"], schedule="cosine", param_groups=groups,
                   device=device, probe=probe.images, callbacks=[tracker, *callbacks],
-                  seed=cfg["seed"], progress=progress)
+                  seed=cfg["seed"], progress=progress, side_optimizers=side_optimizers)
     features = evaluate.embed(model, test.images)
     logits = model.head(features.to(device)).detach().float().cpu()
     directions = class_directions(model)
@@ -222,6 +223,7 @@ def train(cfg: dict[str, Any], *, progress: bool = True, callbacks: Sequence[Any
     if center is not None:
         head_counts["trainable"] += rp.parameter_counts(center)["trainable"]
     geometry = evaluate.geometry_summary(features, test.labels, directions)
+    centers = center.centers.detach().float().cpu() if center is not None else None
     return {
         "config": cfg, "label": label(cfg), "model": model, "history": history,
         "probe_labels": probe.labels.cpu(), "test_features": features, "test_labels": test.labels.cpu(),
@@ -235,7 +237,18 @@ def train(cfg: dict[str, Any], *, progress: bool = True, callbacks: Sequence[Any
         "total_trainable": rp.parameter_counts(model)["trainable"] + (
             rp.parameter_counts(center)["trainable"] if center is not None else 0),
         "train_seconds": sum(row["time"] for row in history.epochs),
+        "centers": centers,
+        "center_fit": center_fit(features, test.labels, centers) if centers is not None else None,
     }
+
+
+def center_fit(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> dict[str, float]:
+    """How well Center Loss centres c (K, d) sit on the class means of features (N, d): the mean
+    and worst angle (degrees) between mean_k and c_k, and the mean and worst distance."""
+    angles = evaluate.alignment_to_targets(features, labels, centers)
+    distances = (evaluate.class_means(features, labels) - centers).norm(dim=1)
+    return {"mean_angle_deg": float(angles.mean()), "max_angle_deg": float(angles.max()),
+            "mean_distance": float(distances.mean()), "max_distance": float(distances.max())}
 
 
 def run(cfg: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:

@@ -84,13 +84,20 @@ for kind, k in (("simplex", 4), ("orthoplex", 6), ("cube", 8)):
 # LeNet++ (the Center Loss paper's net) with a 2-D feature layer, all 10 digits. Three heads:
 # a learned linear classifier, the fixed regular 10-gon (the 2-D "polytope") and a learned
 # classifier plus Center Loss (λ = 0.01 as in the official Caffe MNIST example, centre rate
-# α = 0.5). Under this notebook's AdamW recipe the centres do not follow Wen et al.'s update
-# rule, a known open deviation (`docs/methods/reponet.md`), so read the Center Loss panel as
-# an approximation. Runs are cached: re-running the notebook re-draws without retraining.
+# α = 0.5). The network trains with this notebook's AdamW recipe; the centres get their own
+# plain SGD at a constant α, so each step is Wen et al.'s c_j ← c_j − α·Δc_j
+# (`docs/methods/reponet.md`). Runs are cached: re-running the notebook re-draws without
+# retraining.
 
 # %%
 planar = rx.run_all(rx.planar_configs(seed=0))
 _ = vr.feature_panels(planar, ncols=3)
+
+# %%
+centre_fit = planar[2]["center_fit"]
+print(f"Center Loss centres against the test class means: angle mean {centre_fit['mean_angle_deg']:.2f}°, "
+      f"worst {centre_fit['max_angle_deg']:.2f}°; distance mean {centre_fit['mean_distance']:.2f}, "
+      f"worst {centre_fit['max_distance']:.2f}")
 
 # %% [markdown]
 # The polygon's rays are fixed before training; the features of each digit spread along their
@@ -245,6 +252,7 @@ print(rx.format_table(results))
 #   10° of its vertex at no cost in accuracy and with a smaller spread: "maximally compact"
 #   needs the margin, as that paper's title says, not the fixed classifier alone. The margin's
 #   form and size are our reconstruction (`docs/methods/reponet.md`).
+# - **Center Loss.** CENTER_READING
 # - **Parameters.** The fixed heads train nothing (0 against 40-90 weights for the learned heads
 #   here), which is tiny next to LeNet++; the saving matters for wide heads such as ImageNet's
 #   (`docs/methods/reponet.md`, "Parameters").

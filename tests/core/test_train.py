@@ -193,6 +193,34 @@ def test_loss_module_parameters_are_optimised():
     assert loss.centres.abs().sum() > 0
 
 
+def test_side_optimizer_owns_its_parameters_outside_the_schedule():
+    """A side optimiser's parameters step by its own rule only (plain SGD here), at a constant
+    lr under the main optimiser's cosine schedule, and the main optimiser never touches them."""
+    ds = blobs()
+    centres = nn.Parameter(torch.ones(2, 2))
+    steps = []
+
+    def loss_fn(model, images, labels):
+        steps.append(centres.detach().clone())
+        return ce(model, images, labels) + (centres ** 2).sum()  # grad 2 c, no weight decay
+
+    class Holder(nn.Module):  # the loss module's parameters would join the main groups
+        def __init__(self):
+            super().__init__()
+            self.centres = centres
+
+        def forward(self, model, images, labels):
+            return loss_fn(model, images, labels)
+
+    side = torch.optim.SGD([centres], lr=0.1)
+    fit(tiny_net(), Holder(), ds, epochs=2, optimizer="adamw", weight_decay=0.5,
+        schedule="cosine", side_optimizers=[side], **FIT)
+    steps.append(centres.detach().clone())
+    assert len(steps) == 9
+    for before, after in zip(steps[:-1], steps[1:], strict=True):
+        assert torch.allclose(after, before * (1 - 2 * 0.1), atol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs,match", [({"epochs": -1}, "epochs"),
                                           ({"epochs": 1, "batch_size": 0}, "batch_size"),
                                           ({"epochs": 1, "optimizer": "lbfgs"}, "optimizer"),

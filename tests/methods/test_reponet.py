@@ -277,7 +277,7 @@ def test_center_update_is_the_paper_rule_for_any_lambda(lam):
     x = torch.randn(9, 3, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 3])  # class 4 absent: its centre must not move
     c0 = crit.centers.detach().clone()
-    opt = torch.optim.SGD([crit.param_group()], lr=123.0)  # group lr (alpha) wins
+    opt = crit.optimizer()
     opt.zero_grad()
     crit(x, y).backward()
     assert torch.allclose(crit.centers.grad, paper_delta(x, y, c0), atol=1e-12)
@@ -290,7 +290,7 @@ def test_center_update_converges_to_class_means():
     torch.manual_seed(0)
     crit = rp.CenterLoss(3, 2, lam=0.01, alpha=0.5)
     x, y = torch.randn(30, 2) + 5, torch.arange(30) % 3
-    opt = torch.optim.SGD([crit.param_group()])
+    opt = crit.optimizer()
     for _ in range(200):
         opt.zero_grad()
         crit(x, y).backward()
@@ -410,13 +410,15 @@ def test_center_loss_shrinks_intra_class_spread():
         body = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
         head = nn.Linear(2, 4, bias=False)
         crit = rp.CenterLoss(4, 2, lam=lam, alpha=0.5)
-        opt = torch.optim.SGD([{"params": [*body.parameters(), *head.parameters()]},
-                               crit.param_group()], lr=0.05, momentum=0.9)
+        opt = torch.optim.SGD([*body.parameters(), *head.parameters()], lr=0.05, momentum=0.9)
+        centre_opt = crit.optimizer()
         for _ in range(200):
             opt.zero_grad()
+            centre_opt.zero_grad()
             f = body(x)
             (F.cross_entropy(head(f), y) + crit(f, y)).backward()
             opt.step()
+            centre_opt.step()
         f = body(x).detach()
         means = torch.stack([f[y == j].mean(0) for j in range(4)])
         within = (f - means[y]).norm(dim=1).mean()

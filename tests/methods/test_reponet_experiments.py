@@ -58,6 +58,40 @@ def test_quick_center_and_margin_runs():
     assert rx.make_head(full).margin == pytest.approx(torch.pi / 2)
 
 
+def test_recipe_moves_centres_by_the_paper_rule_at_every_step(monkeypatch):
+    """Under the AdamW + cosine recipe the centres must still step by exactly -alpha Delta c_j
+    (Wen et al.), up to the last step, where the schedule has decayed the network's lr to 0."""
+    seen = []
+
+    class Recording(rp.CenterLoss):
+        def forward(self, features, labels):
+            seen.append((features.detach().clone(), labels.clone(), self.centers.detach().clone()))
+            return super().forward(features, labels)
+
+    monkeypatch.setattr(rx.rp, "CenterLoss", Recording)
+    result = rx.train(rx.run_config("center", classes=3, feat_dim=2, epochs=2, alpha=0.5),
+                      progress=False)
+    assert len(seen) > 10
+    afters = [centres for _, _, centres in seen[1:]] + [result["centers"]]
+    for (x, y, before), after in zip(seen, afters, strict=True):
+        delta = torch.stack([(before[j] - x[y == j]).sum(0) / (1 + (y == j).sum())
+                             for j in range(3)])
+        assert torch.allclose(after, before - 0.5 * delta, atol=1e-5)
+    fit = result["center_fit"]
+    assert 0 <= fit["mean_angle_deg"] <= fit["max_angle_deg"] <= 180
+    assert 0 <= fit["mean_distance"] <= fit["max_distance"]
+
+
+def test_center_fit_hand_example():
+    features = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, 1])
+    centers = torch.tensor([[2.0, 2.0], [0.0, 5.0]])  # mean 0 = (2, 0): 45 deg, 2 away; mean 1 on c_1
+    fit = rx.center_fit(features, labels, centers)
+    assert fit["max_angle_deg"] == pytest.approx(45.0, abs=1e-4)
+    assert fit["mean_angle_deg"] == pytest.approx(22.5, abs=1e-4)
+    assert fit["max_distance"] == pytest.approx(3.0) and fit["mean_distance"] == pytest.approx(2.5)
+
+
 def test_run_is_cached():
     cfg = rx.run_config("polygon", classes=3, epochs=1)
     first = rx.run(cfg, progress=False)
