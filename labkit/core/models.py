@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -94,17 +94,24 @@ class SmallVGG(nn.Sequential):
     """VGG-style blocks (conv3x3-BN-ReLU x2 + max-pool) with widths (32, 64, 128) by default.
 
     28x28 -> (128, 3, 3); 32x32 -> (128, 4, 4). `pool_last=False` keeps the last block's
-    resolution (7x7 on MNIST), useful for class activation maps.
+    resolution (7x7 on MNIST), useful for class activation maps. `dropout[i]` is a Dropout rate
+    after block i (for every block but the last: the last map is the output, which FDL and
+    Grad-CAM read before any dropout; put that block's rate in the neck, `FlattenMLP(map_dropout)`).
     """
 
     def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128),
-                 pool_last: bool = True) -> None:
+                 pool_last: bool = True, dropout: Sequence[float] = ()) -> None:
+        if len(dropout) > max(len(widths) - 1, 0):
+            raise ValueError(f"{len(widths)} blocks take at most {len(widths) - 1} dropout rates "
+                             f"(the last block's goes in the neck), got {tuple(dropout)}")
         layers: list[nn.Module] = []
         cin = in_channels
         for i, width in enumerate(widths):
             layers += _conv(cin, width) + _conv(width, width)
             if pool_last or i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
+            if i < len(dropout) and dropout[i] > 0:
+                layers.append(nn.Dropout(dropout[i]))
             cin = width
         super().__init__(*layers)
         self.out_channels = widths[-1]
@@ -208,13 +215,16 @@ class FlattenLinear(nn.Module):
 
 
 class FlattenMLP(nn.Module):
-    """Flatten -> Linear -> BatchNorm -> ReLU -> Dropout: the dense head of Keras VGG-style
-    classifiers (e.g. the FDL paper's members: Dense 128, BN, ReLU, Dropout 0.5, softmax)."""
+    """[Dropout(map_dropout)] -> Flatten -> Linear -> BatchNorm -> ReLU -> Dropout: the dense head
+    of Keras VGG-style classifiers (e.g. the FDL paper's members: Dropout 0.4 on the last pooled
+    map, Dense 128, BN, ReLU, Dropout 0.5, softmax)."""
 
-    def __init__(self, in_features: int, dim: int, dropout: float = 0.5) -> None:
+    def __init__(self, in_features: int, dim: int, dropout: float = 0.5,
+                 map_dropout: float = 0.0) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Flatten(1), nn.Linear(in_features, dim), nn.BatchNorm1d(dim),
-                                  nn.ReLU(inplace=True), nn.Dropout(dropout))
+        first = [nn.Dropout(map_dropout)] if map_dropout > 0 else []
+        self.body = nn.Sequential(*first, nn.Flatten(1), nn.Linear(in_features, dim),
+                                  nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Dropout(dropout))
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
         return self.body(feature_map)
@@ -275,11 +285,12 @@ def map_shape(backbone: nn.Module, in_channels: int, image_size: int) -> tuple[i
 
 def build_network(arch: str, in_channels: int = 1, num_classes: int | None = 10, feat_dim: int = 2,
                   *, neck: nn.Module | str | None = None, head: nn.Module | str | None = "linear",
-                  image_size: int = 28, **backbone_options) -> Network:
+                  image_size: int = 28, neck_options: dict[str, Any] | None = None,
+                  **backbone_options) -> Network:
     """A `Network` for `arch` with a `feat_dim` embedding and, by default, a learned linear head.
 
     neck: None (LeNet++: flatten + linear; others: GAP + linear), "gap", "gmp", "flatten",
-    "flatten_mlp" (flatten + Linear-BN-ReLU-Dropout) or a module.
+    "flatten_mlp" (flatten + Linear-BN-ReLU-Dropout; `neck_options` go to `FlattenMLP`) or a module.
     head: "linear" (learned, no bias, as in the polytope papers' baselines), None, or a module.
     """
     backbone = build_backbone(arch, in_channels, image_size, **backbone_options)
@@ -289,7 +300,7 @@ def build_network(arch: str, in_channels: int = 1, num_classes: int | None = 10,
     if neck == "flatten":
         neck = FlattenLinear(channels * height * width, feat_dim)
     elif neck == "flatten_mlp":
-        neck = FlattenMLP(channels * height * width, feat_dim)
+        neck = FlattenMLP(channels * height * width, feat_dim, **(neck_options or {}))
     elif neck in ("gap", "gmp"):
         neck = PooledLinear(channels, feat_dim, pool=neck)
     elif not isinstance(neck, nn.Module):
@@ -302,6 +313,17 @@ def build_network(arch: str, in_channels: int = 1, num_classes: int | None = 10,
     elif head is not None and not isinstance(head, nn.Module):
         raise ValueError(f"head must be 'linear', None or an nn.Module, got {head!r}")
     return Network(backbone, neck, head)
+
+
+def he_uniform_(module: nn.Module) -> nn.Module:
+    """He-uniform init in place (Keras' HeUniform: U(+-sqrt(6 / fan_in))) of every Conv2d and
+    Linear weight in `module`, with zero biases (Keras' default); BatchNorm keeps its 1 / 0."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

@@ -11,9 +11,10 @@ Protocol notes (the main differences from the authors' code; docs/methods/fdl.md
   the best validation accuracy on 2,000 labelled images, which flatters the few-shot setting);
   every run trains a fixed number of optimizer steps, the same for both ensembles;
 * the fusion head trains with frozen members, then fine-tunes everything at lr 1e-5, both for a
-  fixed number of steps on the same k-shot training set;
-* open: the members have no dropout after their conv blocks (the code: 0.2 / 0.3 / 0.4 after
-  each pooling layer) and PyTorch's default initialisation (the code: He-uniform).
+  fixed number of steps on the same k-shot training set.
+The members are the code's: dropout 0.2 / 0.3 / 0.4 after the pooling of blocks 1 / 2 / 3 (the
+last block's after the FDL map) and He-uniform init; `regularization_ablation` trains them
+without both, as the lab did before, to show what the authors' regularisation does few-shot.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import nn
 
 from labkit.core import config
 from labkit.core.data import ArrayDataset, load_dataset
-from labkit.core.models import build_network, eval_mode
+from labkit.core.models import build_network, eval_mode, he_uniform_
 from labkit.core.train import cached, fit
 from labkit.methods import fdl
 
@@ -49,6 +50,9 @@ def sweep_settings(dataset: str = "mnist5k") -> dict[str, Any]:
         "members": config.pick(quick=3, lab=5, full=5),
         # VGG-style members; (8, 16) with two pools keeps a 7x7 FDL map on 28x28 MNIST.
         "widths": (64, 128, 256) if cifar else config.pick(quick=(4, 8), lab=(8, 16), full=(32, 64)),
+        # the authors' members: these rates after blocks 1, 2, 3 (as many as there are blocks)
+        "conv_dropout": (0.2, 0.3, 0.4),
+        "init": "he_uniform",
         "feat_dim": config.pick(quick=16, lab=128, full=128),
         "steps": config.pick(quick=60, lab=100, full=3000),
         "batch_size": config.pick(quick=16, lab=10, full=10),  # the code's batch size is 10
@@ -69,19 +73,29 @@ def extra_datasets() -> tuple[str, ...]:
     return config.pick(quick=(), lab=(), full=("cifar10",))
 
 
+INITS = ("he_uniform", "default")
+
+
 def member_factory(widths: Sequence[int], num_classes: int, in_channels: int, image_size: int,
-                   feat_dim: int) -> Callable[[], nn.Module]:
+                   feat_dim: int, conv_dropout: Sequence[float] = (),
+                   init: str = "default") -> Callable[[], nn.Module]:
     """A VGG-style member (`build_network("vgg")`): its post-pool map is what FDL compares.
 
-    Head as in the paper's Keras VGG: Flatten -> Dense `feat_dim` -> BN -> ReLU ->
-    Dropout 0.5 -> Dense K (with bias) -> softmax. Unlike the authors' members, the conv blocks
-    have no dropout and keep PyTorch's default initialisation (an open deviation, see
-    docs/methods/fdl.md).
+    As the paper's Keras VGG: after block i's pooling, Dropout conv_dropout[i] (the last block's
+    after the FDL map, so FDL and Grad-CAM read the map undropped); head Flatten -> Dense
+    `feat_dim` -> BN -> ReLU -> Dropout 0.5 -> Dense K (with bias) -> softmax. init
+    "he_uniform" (the code's) or "default" (PyTorch's).
     """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; use one of {INITS}")
+    rates = tuple(conv_dropout)[:len(widths)]
+
     def build() -> nn.Module:
-        return build_network("vgg", in_channels, num_classes, feat_dim, neck="flatten_mlp",
-                             head=nn.Linear(feat_dim, num_classes), image_size=image_size,
-                             widths=tuple(widths))
+        net = build_network("vgg", in_channels, num_classes, feat_dim, neck="flatten_mlp",
+                            head=nn.Linear(feat_dim, num_classes), image_size=image_size,
+                            widths=tuple(widths), dropout=rates[:-1],
+                            neck_options={"map_dropout": rates[-1] if rates else 0.0})
+        return he_uniform_(net) if init == "he_uniform" else net
     return build
 
 
@@ -107,12 +121,13 @@ def _epochs_for(steps: int, n: int, batch_size: int) -> tuple[int, int]:
 
 def train_ensemble(train: ArrayDataset, *, use_fdl: bool, lambda_cos: float, lambda_euc: float,
                    members: int, widths: Sequence[int], feat_dim: int, steps: int, batch_size: int,
-                   lr: float, seed: int, device: torch.device | None = None
+                   lr: float, seed: int, conv_dropout: Sequence[float] = (), init: str = "default",
+                   device: torch.device | None = None
                    ) -> tuple[fdl.FDLEnsemble, list[dict[str, float]]]:
     """Joint training (one Adam, constant LR) of M members; returns the ensemble and a log of the
     loss parts per epoch. The classical ensemble is the same call with use_fdl=False."""
     _, channels, size, _ = train.images.shape
-    factory = member_factory(widths, train.num_classes, channels, size, feat_dim)
+    factory = member_factory(widths, train.num_classes, channels, size, feat_dim, conv_dropout, init)
     ensemble = fdl.FDLEnsemble(fdl.make_members(factory, members, seed=seed))
     loss_fn = fdl.JointLoss(lambda_cos, lambda_euc, use_fdl=use_fdl)
     log: list[dict[str, float]] = []
@@ -207,10 +222,12 @@ def run_config(settings: dict[str, Any], *, k: int, seed: int, lambda_cos: float
     le = settings["lambda_euc"] if lambda_euc is None else float(lambda_euc)
     if not use_fdl or (lc == 0 and le == 0):
         use_fdl, lc, le = False, 0.0, 0.0
-    keys = ("dataset", "members", "widths", "feat_dim", "steps", "batch_size", "lr",
-            "fusion_steps", "finetune_steps", "finetune_lr", "test_size", "cam_size")
+    keys = ("dataset", "members", "widths", "conv_dropout", "init", "feat_dim", "steps",
+            "batch_size", "lr", "fusion_steps", "finetune_steps", "finetune_lr", "test_size",
+            "cam_size")
     cfg = {key: settings[key] for key in keys}
     cfg["widths"] = list(cfg["widths"])
+    cfg["conv_dropout"] = [float(rate) for rate in cfg["conv_dropout"]][:len(cfg["widths"])]
     cfg.update(k=int(k), seed=int(seed), use_fdl=use_fdl, lambda_cos=lc, lambda_euc=le)
     return cfg
 
@@ -244,7 +261,8 @@ def _run_on(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
     ensemble, log = train_ensemble(
         train, use_fdl=cfg["use_fdl"], lambda_cos=cfg["lambda_cos"], lambda_euc=cfg["lambda_euc"],
         members=cfg["members"], widths=cfg["widths"], feat_dim=cfg["feat_dim"], steps=cfg["steps"],
-        batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"], device=device)
+        batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"],
+        conv_dropout=cfg["conv_dropout"], init=cfg["init"], device=device)
     train_time = time.perf_counter() - started
     cam_images = test.images[:: max(1, len(test) // cfg["cam_size"])][: cfg["cam_size"]]
     metrics = evaluate_run(ensemble, test, cam_images)
@@ -281,6 +299,23 @@ def fewshot_sweep(settings: dict[str, Any] | None = None, *, progress: bool = Tr
         # what combining buys over a single member: the diversity dividend the paper is after
         gain = {f"{c}_gain": metrics[c] - metrics["mean_member"] for c in COMBINERS[1:]}
         rows.append({"method": method, "k": k, "seed": seed, **metrics, **gain})
+    return rows
+
+
+def regularization_ablation(settings: dict[str, Any] | None = None, *,
+                            progress: bool = True) -> list[dict[str, Any]]:
+    """The authors' member regularisation (conv dropout + He-uniform) against none (no conv
+    dropout, PyTorch's init), classical and FDL, at a few k: one row per run, with "variant"
+    ("authors" or "none") and the run's metrics. The "authors" rows are the sweep's own runs."""
+    settings = settings or sweep_settings()
+    variants = {"authors": settings, "none": {**settings, "conv_dropout": (), "init": "default"}}
+    ks = config.pick(quick=settings["ks"][:1], lab=(5, 20), full=(5, 20, 100))
+    jobs = [(name, k, seed, method) for name in variants for k in ks
+            for seed in settings["seeds"] for method in METHODS]
+    rows = []
+    for name, k, seed, method in config.progress_bar(jobs, progress, desc="FDL ablation runs"):
+        result = run_fewshot(variants[name], k=k, seed=seed, use_fdl=method == "fdl")
+        rows.append({"variant": name, "method": method, "k": k, "seed": seed, **result["metrics"]})
     return rows
 
 
@@ -338,7 +373,8 @@ def load_ensemble(result: dict[str, Any]) -> fdl.FDLEnsemble:
     cfg = result["config"]
     shape = _image_shape(cfg["dataset"])
     num_classes = result["state_dict"]["members.0.head.weight"].shape[0]  # as trained
-    factory = member_factory(cfg["widths"], num_classes, shape[0], shape[1], cfg["feat_dim"])
+    factory = member_factory(cfg["widths"], num_classes, shape[0], shape[1], cfg["feat_dim"],
+                             cfg["conv_dropout"], cfg["init"])
     ensemble = fdl.FDLEnsemble(fdl.make_members(factory, cfg["members"], seed=cfg["seed"]))
     ensemble.load_state_dict(result["state_dict"])
     return ensemble.eval()

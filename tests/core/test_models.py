@@ -192,3 +192,20 @@ def test_eval_mode_restores_the_mode_even_after_an_error():
     with eval_mode(net):
         pass
     assert net.training and net[0].training and not net[1].training
+
+
+def test_small_vgg_dropout_goes_between_blocks_only():
+    vgg = models.SmallVGG(1, (4, 8, 16), dropout=(0.2, 0.3))
+    assert [m.p for m in vgg if isinstance(m, nn.Dropout)] == [0.2, 0.3]
+    assert isinstance(list(vgg)[-1], nn.MaxPool2d)
+    with pytest.raises(ValueError, match="at most 2 dropout rates"):
+        models.SmallVGG(1, (4, 8, 16), dropout=(0.2, 0.3, 0.4))
+
+
+def test_he_uniform_matches_keras_bounds():
+    torch.manual_seed(0)
+    layer = models.he_uniform_(nn.Linear(600, 400))
+    bound = (6 / 600) ** 0.5
+    assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.99 * bound
+    assert layer.weight.std().item() == pytest.approx((2 / 600) ** 0.5, rel=0.02)
+    assert not layer.bias.any()

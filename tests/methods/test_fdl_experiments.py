@@ -93,6 +93,51 @@ def test_cifar_members_have_the_papers_4x4_map(monkeypatch):
     assert lab_member.forward_all(torch.rand(2, 1, 28, 28)).feature_map.shape == (2, 16, 7, 7)
 
 
+def test_members_have_the_authors_dropout_and_he_uniform_init(monkeypatch):
+    """The code's VGG members: Dropout 0.2 / 0.3 / 0.4 after the pooling of blocks 1 / 2 / 3, the
+    last block's after the FDL map (so FDL and Grad-CAM read the map undropped), He-uniform."""
+    for profile, widths in (("full", (64, 128, 256)), ("lab", (8, 16))):
+        monkeypatch.setenv("LABKIT_PROFILE", profile)
+        settings = fx.sweep_settings("cifar10" if profile == "full" else "mnist5k")
+        assert tuple(settings["widths"]) == widths
+        cfg = fx.run_config(settings, k=3, seed=0)
+        member = fx.member_factory(cfg["widths"], 10, 1, 32, 16, cfg["conv_dropout"], cfg["init"])()
+        rates = [0.2, 0.3, 0.4][:len(widths)]
+        backbone = [m.p for m in member.backbone if isinstance(m, torch.nn.Dropout)]
+        assert backbone == rates[:-1]
+        assert not isinstance(list(member.backbone)[-1], torch.nn.Dropout)
+        neck = list(member.neck.body)
+        assert isinstance(neck[0], torch.nn.Dropout) and neck[0].p == rates[-1]
+        assert [m.p for m in neck[1:] if isinstance(m, torch.nn.Dropout)] == [0.5]
+        for layer in member.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                fan_in = layer.weight[0].numel()
+                bound = math.sqrt(6 / fan_in)
+                assert layer.weight.abs().max() <= bound
+                if layer.weight.numel() >= 1000:  # PyTorch's default stays below 1/sqrt(fan_in)
+                    assert layer.weight.abs().max() > 0.9 * bound
+                assert layer.bias is None or not layer.bias.any()
+
+
+def test_members_without_the_authors_regularisation():
+    member = fx.member_factory((4, 8), 10, 1, 28, 8)()
+    assert not any(isinstance(m, torch.nn.Dropout) for m in member.backbone)
+    assert sum(isinstance(m, torch.nn.Dropout) for m in member.neck.modules()) == 1  # the head's 0.5
+    with pytest.raises(ValueError, match="unknown init"):
+        fx.member_factory((4, 8), 10, 1, 28, 8, init="xavier")
+
+
+def test_regularization_ablation_pairs_the_sweep_runs(tiny):
+    rows = fx.regularization_ablation(tiny, progress=False)
+    assert [(r["variant"], r["method"]) for r in rows] == [
+        ("authors", "classical"), ("authors", "fdl"), ("none", "classical"), ("none", "fdl")]
+    sweep = fx.fewshot_sweep(tiny, progress=False)
+    assert rows[0]["soft_vote"] == sweep[0]["soft_vote"]  # the same cached run
+    authors, none = (fx.run_config(v, k=3, seed=0) for v in
+                     (tiny, {**tiny, "conv_dropout": (), "init": "default"}))
+    assert authors != none and none["conv_dropout"] == [] and none["init"] == "default"
+
+
 def test_overlap_report_on_hand_made_rows():
     def row(method, k, seed, iou, acc):
         base = {c: acc for c in fx.COMBINERS}
