@@ -5,7 +5,7 @@ find weights theta whose embedding f_theta puts same-class pairs within alpha an
 pairs beyond beta. Fixing one *representative* r_c per class relaxes the constraint set to Theta_k
 (only pairs (x_i, r_c) count); training alternates approximate projections onto these sets,
 
-    theta_{k+1} ~ argmin_theta  L_k(theta) + lambda * ||theta - theta_k||^2,
+    theta_{k+1} ~ argmin_theta  L_k(theta) + (lambda / 2) * ||theta - theta_k||^2,
 
 each solved by `lifetime` (T) SGD steps on batches that all contain the same representatives.
 The maths, the defaults, the comparison with the authors' code and every known deviation:
@@ -18,7 +18,8 @@ How far each piece can be trusted (only the paper's abstract was available):
   from representatives, no extra cost.
 - verified (authors' later ccp-dml code, not the APFS paper itself): representatives kept for a
   "representative lifetime" of batches and placed first in the batch, losses on the
-  sample x representative distance matrix, the parameter-space proximal term.
+  sample x representative distance matrix, the parameter-space proximal term and its lambda
+  (a gradient pull of lambda * (theta - theta_k)), no pair miner by default.
 - reconstructed: the per-class representative queue, the class-cycling rule, the mining rule
   (seed class + nearest classes, or sampled with a temperature), the loss forms on
   sample-to-representative pairs. UNVERIFIED: T, lambda, P, M and the margins used in the paper.
@@ -38,34 +39,40 @@ from torch import nn
 from labkit.core.models import eval_mode
 
 LOSS_NAMES = ("contrastive", "triplet", "multi_similarity")
+MINER_NAMES = ("multi_similarity",)
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- pure functions
 
-def proximal_penalty(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor],
-                     strength: float) -> torch.Tensor:
-    """lambda * ||theta - theta_anchor||^2 summed over all parameter tensors (a scalar).
-
-    The proximal term of the approximate projection P_{Theta_k}(theta_k); its gradient is
-    2 * lambda * (theta - theta_anchor). It lives in parameter space, as in the authors' later
-    code, whose `DistanceRegularizer` pulls by lambda * (theta - theta_prev): half of this
-    lambda's pull (an open deviation, docs/methods/apfs.md). The APFS paper's exact form is
-    UNVERIFIED.
-    """
-    if strength < 0:
-        raise ValueError(f"proximal strength lambda must be >= 0, got {strength}")
+def squared_distance(params: Sequence[torch.Tensor],
+                     anchors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """||theta - theta_anchor||^2 summed over all parameter tensors (a scalar)."""
     params, anchors = list(params), list(anchors)
     if len(params) != len(anchors):
         raise ValueError(f"{len(params)} parameters but {len(anchors)} anchors")
     if not params:
-        raise ValueError("proximal_penalty needs at least one parameter tensor")
+        raise ValueError("the proximal term needs at least one parameter tensor")
     total = params[0].new_zeros(())
     for p, a in zip(params, anchors, strict=True):
         if p.shape != a.shape:
             raise ValueError(f"parameter shape {tuple(p.shape)} != anchor shape {tuple(a.shape)}")
         total = total + (p - a).pow(2).sum()
-    return strength * total
+    return total
+
+
+def proximal_penalty(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor],
+                     strength: float) -> torch.Tensor:
+    """(lambda / 2) * ||theta - theta_anchor||^2 summed over all parameter tensors (a scalar).
+
+    The proximal term of the approximate projection P_{Theta_k}(theta_k); its gradient is
+    lambda * (theta - theta_anchor), the pull the authors' later code (ccp-dml's
+    `DistanceRegularizer`) adds to the gradient, so lambda means what theirs means. It lives in
+    parameter space, as in that code; the APFS paper's exact form is UNVERIFIED.
+    """
+    if strength < 0:
+        raise ValueError(f"proximal strength lambda must be >= 0, got {strength}")
+    return 0.5 * strength * squared_distance(params, anchors)
 
 
 def class_distance_matrix(rep_embeddings: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -346,32 +353,42 @@ def model_embedding(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images)
 
 
-def base_loss(name: str, normalize: bool = True, **options: float) -> tuple[nn.Module,
-                                                                           nn.Module | None]:
+def base_loss(name: str, normalize: bool = True, miner: str | None = None,
+              **options: float) -> tuple[nn.Module, nn.Module | None]:
     """A pytorch-metric-learning (loss, miner) pair for `name` in LOSS_NAMES.
 
     contrastive: [d - m_p]_+ for positives, [m_n - d]_+ for negatives (m_p=0, m_n=0.5 as in the
     authors' ccp-dml defaults); triplet: [d_ap - d_an + m]_+ (m=0.05, ccp-dml); multi_similarity:
-    alpha=2, beta=50, base(lambda)=0.5, with the MS miner (epsilon=0.1), which the authors'
-    framework does not use (an open deviation, docs/methods/apfs.md). Distances are Euclidean
-    on L2-normalised embeddings (cosine similarity for MS) unless normalize=False.
+    alpha=2, beta=50, base(lambda)=0.5. Distances are Euclidean on L2-normalised embeddings
+    (cosine similarity for MS) unless normalize=False.
+
+    miner=None (the default) keeps every pair, as ccp-dml does by default; "multi_similarity"
+    adds PML's MultiSimilarityMiner (option epsilon, 0.1), which ccp-dml does not have.
     """
+    if miner is not None and miner not in MINER_NAMES:
+        raise ValueError(f"unknown miner {miner!r}; use None or one of {MINER_NAMES}")
+    if miner is None and "epsilon" in options:
+        # epsilon belongs to the miner: ignoring it would silently drop the mining asked for
+        raise ValueError("epsilon is the multi-similarity miner's option; pass "
+                         "miner='multi_similarity' with it")
+    pair_miner = (miners.MultiSimilarityMiner(epsilon=options.get("epsilon", 0.1))
+                  if miner == "multi_similarity" else None)
     if name == "contrastive":
         loss = losses.ContrastiveLoss(pos_margin=options.get("pos_margin", 0.0),
                                       neg_margin=options.get("neg_margin", 0.5),
                                       distance=distances.LpDistance(normalize_embeddings=normalize))
-        return loss, None
+        return loss, pair_miner
     if name == "triplet":
         loss = losses.TripletMarginLoss(margin=options.get("margin", 0.05),
                                         distance=distances.LpDistance(normalize_embeddings=normalize))
-        return loss, None
+        return loss, pair_miner
     if name == "multi_similarity":
         if not normalize:
             raise ValueError("multi_similarity works on cosine similarity; use normalize=True")
         loss = losses.MultiSimilarityLoss(alpha=options.get("alpha", 2.0),
                                           beta=options.get("beta", 50.0),
                                           base=options.get("base", 0.5))
-        return loss, miners.MultiSimilarityMiner(epsilon=options.get("epsilon", 0.1))
+        return loss, pair_miner
     raise ValueError(f"unknown loss {name!r}; use one of {LOSS_NAMES}")
 
 
@@ -406,18 +423,17 @@ def representative_loss(loss: nn.Module, embeddings: torch.Tensor, labels: torch
 
 
 class ProximalRegularizer:
-    """lambda * ||theta - theta_anchor||^2, with the anchor reset to theta every `lifetime` steps.
+    """(lambda / 2) * ||theta - theta_anchor||^2, the anchor reset to theta every `lifetime` steps.
 
     Use `penalty()` inside the loss and pass the object to `fit(..., callbacks=[...])`: its
     `on_step_end` counts optimiser steps and moves the anchor at each round boundary, which
     lines up with `RepresentativeBatchSampler`'s rounds because a pass is a multiple of T.
     Parameter-space form as in the authors' later code; UNVERIFIED for the APFS paper.
 
-    `via_gradient=True` adds 2*lambda*(theta - theta_anchor) to each parameter's gradient in a
+    `via_gradient=True` adds lambda * (theta - theta_anchor) to each parameter's gradient in a
     post-accumulate hook instead: the same update as the penalty with no extra autograd graph,
-    so the step costs what the baseline's does. The authors' `DistanceRegularizer` also works
-    on gradients but adds lambda*(theta - theta_prev), half this pull for the same lambda (an
-    open deviation, docs/methods/apfs.md). The loss value then excludes the penalty;
+    so the step costs what the baseline's does, and the same pull as the authors'
+    `DistanceRegularizer` for the same lambda. The loss value then excludes the penalty;
     `MetricLoss` checks `via_gradient` and does not add it.
     """
 
@@ -443,7 +459,7 @@ class ProximalRegularizer:
             anchor = self.anchors[i]
             if anchor.device != param.device:
                 anchor = self.anchors[i] = anchor.to(param.device)
-            param.grad.add_(param.detach() - anchor, alpha=2.0 * self.strength)
+            param.grad.add_(param.detach() - anchor, alpha=self.strength)
         return hook
 
     def _params(self) -> list[torch.Tensor]:
@@ -463,7 +479,7 @@ class ProximalRegularizer:
     def distance(self) -> float:
         """||theta - theta_anchor|| now (how far the round has moved the weights)."""
         with torch.no_grad():
-            return float(proximal_penalty(self._params(), self.anchors, 1.0).sqrt())
+            return float(squared_distance(self._params(), self.anchors).sqrt())
 
     def on_step_end(self, state: Any = None) -> None:
         self.steps += 1
@@ -477,17 +493,18 @@ class MetricLoss(nn.Module):
 
     representatives=0: the baseline, all pairs/triplets of the batch (m-per-class batches).
     representatives=P: APFS, sample-to-representative pairs (the first P rows are the
-    representatives) plus the proximal term of `regularizer` if given.
+    representatives) plus the proximal term of `regularizer` if given. `miner` and `options`
+    go to `base_loss` (no miner by default).
     """
 
     def __init__(self, name: str, representatives: int = 0,
                  regularizer: ProximalRegularizer | None = None, normalize: bool = True,
-                 check: bool = True, **options: float) -> None:
+                 check: bool = True, miner: str | None = None, **options: float) -> None:
         super().__init__()
         if representatives < 0:
             raise ValueError(f"representatives must be >= 0, got {representatives}")
         self.name = name
-        self.loss, self.miner = base_loss(name, normalize=normalize, **options)
+        self.loss, self.miner = base_loss(name, normalize=normalize, miner=miner, **options)
         self.representatives = int(representatives)
         self.regularizer = regularizer
         self.check = check

@@ -34,6 +34,7 @@ from labkit.core.models import FlattenLinear, Network, PooledLinear, build_backb
 from labkit.core.train import cached, fit
 from labkit.methods.apfs import (
     LOSS_NAMES,
+    MINER_NAMES,
     MetricLoss,
     ProximalRegularizer,
     RepresentativeBatchSampler,
@@ -90,38 +91,43 @@ class MPerClassBatches:
 
 def profile_settings() -> dict[str, Any]:
     """Sizes for the active profile. T, lambda, P and M of the paper are UNVERIFIED
-    (docs/methods/apfs.md); labkit's lambda pulls twice as hard as the authors' of the same
-    value."""
+    (docs/methods/apfs.md); lambda is in the authors' convention, a gradient pull of
+    lambda * (theta - theta_anchor)."""
     return config.pick(
         quick=dict(dataset="mnist5k", arch="tiny", widths=(8, 16, 32), dim=32, epochs=1,
                    batches_per_pass=10, lifetime=5, classes_per_batch=3, samples_per_class=6,
-                   strength=1e-1, temperature=None, lr=1e-3, train_per_class=30,
+                   strength=2e-1, temperature=None, lr=1e-3, train_per_class=30,
                    test_per_class=20, image_size=28, seeds=(0,), losses=("contrastive",)),
         lab=dict(dataset="mnist5k", arch="tiny", widths=(16, 32, 64), dim=64, epochs=5,
                  batches_per_pass=60, lifetime=10, classes_per_batch=3, samples_per_class=10,
-                 strength=1e-1, temperature=None, lr=1e-3, train_per_class=None,
+                 strength=2e-1, temperature=None, lr=1e-3, train_per_class=None,
                  test_per_class=None, image_size=28, seeds=(0, 1, 2), losses=LOSS_NAMES),
-        # paper scale (untested here): the CCP follow-up's protocol, 32 = 8 classes x 4 per batch
+        # paper scale (untested here): the CCP follow-up's protocol, 32 = 8 classes x 4 per batch,
+        # and its regularization_coeff as lambda
         full=dict(dataset="cub200", arch="resnet50", widths=None, dim=128, epochs=60,
                   batches_per_pass=180, lifetime=20, classes_per_batch=8, samples_per_class=4,
-                  strength=1e-4, temperature=None, lr=1e-5, train_per_class=None,
+                  strength=2e-4, temperature=None, lr=1e-5, train_per_class=None,
                   test_per_class=None, image_size=224, seeds=(0, 1, 2), losses=LOSS_NAMES),
     )
 
 
 def run_config(loss: str, variant: str, seed: int = 0, **overrides: Any) -> dict[str, Any]:
-    """One run's configuration (its cache key): the profile's sizes + method settings."""
+    """One run's configuration (its cache key): the profile's sizes + method settings.
+
+    miner: None (the authors' setting) or one of MINER_NAMES, the pair miner of `base_loss`."""
     if loss not in LOSS_NAMES:
         raise ValueError(f"unknown loss {loss!r}; choose from {', '.join(LOSS_NAMES)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     cfg = {k: v for k, v in profile_settings().items() if k not in ("seeds", "losses")}
-    # proximal="gradient": the term is applied as 2*lambda*(theta - anchor) in gradient hooks
-    cfg.update(loss=loss, variant=variant, seed=int(seed), proximal="gradient")
+    # proximal="gradient": the term is applied as lambda*(theta - anchor) in gradient hooks
+    cfg.update(loss=loss, variant=variant, seed=int(seed), proximal="gradient", miner=None)
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(cfg)}")
     cfg.update(overrides)
+    if cfg["miner"] is not None and cfg["miner"] not in MINER_NAMES:
+        raise ValueError(f"unknown miner {cfg['miner']!r}; use None or one of {MINER_NAMES}")
     if cfg["batches_per_pass"] % cfg["lifetime"]:
         raise ValueError(f"batches_per_pass={cfg['batches_per_pass']} must be a multiple of "
                          f"lifetime={cfg['lifetime']} (rounds restart with each pass)")
@@ -163,8 +169,10 @@ def make_training(cfg: Mapping[str, Any], model: nn.Module, train: ArrayDataset,
     """(loss_fn, batch_sampler, callbacks) of cfg's variant, with the same budget for all."""
     p, m = int(cfg["classes_per_batch"]), int(cfg["samples_per_class"])
     steps = int(cfg["batches_per_pass"])
+    miner = cfg.get("miner")
     if cfg["variant"] == "baseline":
-        return MetricLoss(cfg["loss"]), MPerClassBatches(train.labels, m, p, steps), []
+        return (MetricLoss(cfg["loss"], miner=miner), MPerClassBatches(train.labels, m, p, steps),
+                [])
     mining = cfg["variant"] == "apfs+mining"
     sampler = RepresentativeBatchSampler(
         train.labels, p, m, int(cfg["lifetime"]), hard_class_mining=mining,
@@ -175,8 +183,8 @@ def make_training(cfg: Mapping[str, Any], model: nn.Module, train: ArrayDataset,
     # per-step host check is skipped
     reg = ProximalRegularizer(model, float(cfg["strength"]), int(cfg["lifetime"]),
                               via_gradient=True)
-    return (MetricLoss(cfg["loss"], representatives=p, regularizer=reg, check=False),
-            sampler, [reg])
+    return (MetricLoss(cfg["loss"], representatives=p, regularizer=reg, check=False,
+                       miner=miner), sampler, [reg])
 
 
 def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
@@ -296,8 +304,8 @@ def claim_checks(rows: Sequence[Mapping[str, Any]], metric: str = "recall@1",
 
 def sweep_values() -> dict[str, tuple]:
     """The lambda and T values the notebook's sliders offer (each must divide batches_per_pass)."""
-    return config.pick(quick={"strength": (0.0, 0.1), "lifetime": (1, 5)},
-                       lab={"strength": (0.0, 0.01, 0.1, 1.0), "lifetime": (1, 5, 10, 30)})
+    return config.pick(quick={"strength": (0.0, 0.2), "lifetime": (1, 5)},
+                       lab={"strength": (0.0, 0.02, 0.2, 2.0), "lifetime": (1, 5, 10, 30)})
 
 
 def sweep(parameter: str, values: Sequence[Any], loss: str = "contrastive",
@@ -323,7 +331,7 @@ def geometry_settings() -> dict[str, Any]:
     return config.pick(
         quick=dict(per_class=30, rounds=2, lifetime=5, samples_per_class=4),
         lab=dict(per_class=100, rounds=12, lifetime=10, samples_per_class=6),
-    ) | dict(alpha=0.5, beta=2.0, strength=1e-2, lr=3e-3, widths=(16, 32, 64), seed=0)
+    ) | dict(alpha=0.5, beta=2.0, strength=2e-2, lr=3e-3, widths=(16, 32, 64), seed=0)
 
 
 def _geometry_run(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pytorch_metric_learning import losses, miners
 from torch import nn
 
 from labkit.methods import apfs
@@ -291,7 +292,8 @@ def test_triplet_on_representatives_matches_formula():
     assert torch.allclose(representative_loss(loss, emb, labels, 3), expected)
 
 
-def test_multi_similarity_on_representatives_matches_formula():
+@pytest.mark.parametrize("mined", [False, True])
+def test_multi_similarity_on_representatives_matches_formula(mined):
     emb, labels = _rep_batch(2, p=4, m=3)
     x, y, r, ry = _split(emb, labels, 4)
     s = x @ r.T
@@ -300,21 +302,69 @@ def test_multi_similarity_on_representatives_matches_formula():
     for i in range(len(x)):
         pos = ry == y[i]
         sp, sn = s[i, pos], s[i, ~pos]
-        keep_p = sp[sp - eps < sn.max()]
-        keep_n = sn[sn + eps > sp.min()]
+        # the MS miner's rule; without it every pair counts (the authors' setting)
+        keep_p = sp[sp - eps < sn.max()] if mined else sp
+        keep_n = sn[sn + eps > sp.min()] if mined else sn
         term = torch.log1p(torch.exp(-a * (keep_p - lam)).sum()) / a
         term = term + torch.log1p(torch.exp(b * (keep_n - lam)).sum()) / b
         per_anchor.append(term)
     expected = torch.stack(per_anchor).mean()
-    loss, miner = apfs.base_loss("multi_similarity", alpha=a, beta=b, base=lam, epsilon=eps)
+    options = dict(miner="multi_similarity", epsilon=eps) if mined else {}
+    loss, miner = apfs.base_loss("multi_similarity", alpha=a, beta=b, base=lam, **options)
+    assert (miner is not None) == mined
     assert torch.allclose(representative_loss(loss, emb, labels, 4, miner), expected)
 
 
-@pytest.mark.parametrize("name", apfs.LOSS_NAMES)
-def test_representative_loss_gradient_matches_finite_differences(name):
+def _ms_batch(seed=5, classes=4, per_class=5, d=8):
+    # float32: MetricLoss computes on float32 embeddings
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    return torch.randn(classes * per_class, d, generator=g), labels
+
+
+def test_multi_similarity_has_no_miner_by_default_as_in_the_authors_framework():
+    emb, labels = _ms_batch()
+    pml_loss = losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
+    unmined = pml_loss(emb, labels)
+    mined = pml_loss(emb, labels, miners.MultiSimilarityMiner(epsilon=0.1)(emb, labels))
+    assert not torch.allclose(mined, unmined)  # the batch tells the two settings apart
+    loss, miner = apfs.base_loss("multi_similarity")
+    assert miner is None
+    assert torch.allclose(loss(emb, labels), unmined)
+    assert torch.allclose(MetricLoss("multi_similarity")(nn.Identity(), emb, labels), unmined)
+    # APFS: the same on sample-to-representative pairs (first rows are one per class)
+    order = torch.cat([torch.arange(0, 20, 5), torch.tensor(
+        [i for i in range(20) if i % 5])])
+    rep_emb, rep_labels = emb[order], labels[order]
+    want = pml_loss(rep_emb[4:], rep_labels[4:], ref_emb=rep_emb[:4], ref_labels=rep_labels[:4])
+    got = MetricLoss("multi_similarity", representatives=4)(nn.Identity(), rep_emb, rep_labels)
+    assert torch.allclose(got, want)
+
+
+def test_multi_similarity_miner_is_an_option():
+    emb, labels = _ms_batch()
+    pml_loss = losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
+    for epsilon in (0.1, 0.3):
+        mined = pml_loss(emb, labels,
+                         miners.MultiSimilarityMiner(epsilon=epsilon)(emb, labels))
+        _, miner = apfs.base_loss("multi_similarity", miner="multi_similarity", epsilon=epsilon)
+        assert isinstance(miner, miners.MultiSimilarityMiner) and miner.epsilon == epsilon
+        got = MetricLoss("multi_similarity", miner="multi_similarity",
+                         epsilon=epsilon)(nn.Identity(), emb, labels)
+        assert torch.allclose(got, mined)
+    with pytest.raises(ValueError, match="unknown miner"):
+        apfs.base_loss("multi_similarity", miner="hard_negative")
+    with pytest.raises(ValueError, match="epsilon"):
+        apfs.base_loss("multi_similarity", epsilon=0.1)  # no silent drop of the miner's option
+
+
+@pytest.mark.parametrize("name, miner", [(name, None) for name in apfs.LOSS_NAMES]
+                         + [("multi_similarity", "multi_similarity")])
+def test_representative_loss_gradient_matches_finite_differences(name, miner):
     emb, labels = _rep_batch(3)
     emb.requires_grad_(True)
-    loss, miner = apfs.base_loss(name, **({"beta": 5.0} if name == "multi_similarity" else {}))
+    loss, miner = apfs.base_loss(name, miner=miner,
+                                 **({"beta": 5.0} if name == "multi_similarity" else {}))
     assert torch.autograd.gradcheck(
         lambda e: representative_loss(loss, e, labels, 3, miner), (emb,), eps=1e-6, atol=1e-5)
 
@@ -359,7 +409,9 @@ def test_proximal_penalty_zero_at_anchor_and_gradient():
     value = proximal_penalty(params, shifted, 0.7)
     grads = torch.autograd.grad(value, params)
     for p, a, gr in zip(params, shifted, grads, strict=True):
-        assert torch.allclose(gr, 2 * 0.7 * (p - a))
+        assert torch.allclose(gr, 0.7 * (p - a))  # (lambda/2)||.||^2: the authors' pull
+    squared = sum(((p - a) ** 2).sum() for p, a in zip(params, shifted, strict=True))
+    assert torch.allclose(value, 0.7 / 2 * squared)
     assert torch.autograd.gradcheck(lambda u, v: proximal_penalty([u, v], shifted, 0.7),
                                     tuple(params))
     with pytest.raises(ValueError, match="lambda"):
@@ -377,10 +429,11 @@ def test_regularizer_resets_anchor_every_lifetime_steps():
         opt.zero_grad()
         model(torch.randn(4, 3)).pow(2).sum().backward()
         opt.step()
-        # before the boundary the anchor is the round's start, so the penalty equals ||theta - start||^2
+        # before the boundary the anchor is the round's start: penalty (lambda/2)||theta - start||^2
         if step in (1, 2):
             expected = sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True))
-            assert torch.allclose(reg.penalty(), 0.5 * expected)
+            assert torch.allclose(reg.penalty(), 0.5 / 2 * expected)
+            assert reg.distance() == pytest.approx(expected.sqrt().item())
         reg.on_step_end()
         values.append(reg.penalty().item())
     assert values[2] == 0.0 and values[5] == 0.0  # reset at steps 3 and 6
@@ -438,7 +491,7 @@ def test_apfs_training_beats_the_untrained_embedding():
     sampler = RepresentativeBatchSampler(y, 3, 5, lifetime=5, seed=0, batches_per_pass=40,
                                          hard_class_mining=True,
                                          embed_fn=apfs.representative_embedder(model, x))
-    reg = ProximalRegularizer(model, 1e-3, lifetime=5)
+    reg = ProximalRegularizer(model, 2e-3, lifetime=5)
     loss_fn = MetricLoss("contrastive", representatives=3, regularizer=reg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(3):
@@ -477,5 +530,6 @@ def test_gradient_form_of_the_regularizer_matches_the_penalty():
     with torch.no_grad():
         plain.weight += 0.2
     plain(x).pow(2).sum().backward()
-    # the proximal shift is really there: 2 * 0.4 * 0.2 on every weight
-    assert torch.allclose(grads[1][0] - plain.weight.grad, torch.full((2, 3), 0.16, dtype=torch.float64))
+    # the hook adds lambda * (theta - anchor), the authors' DistanceRegularizer: 0.4 * 0.2
+    assert torch.allclose(grads[1][0] - plain.weight.grad, torch.full((2, 3), 0.08, dtype=torch.float64))
+    assert torch.allclose(grads[1][1], plain.bias.grad)  # the bias did not move from its anchor

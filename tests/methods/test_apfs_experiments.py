@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pytorch_metric_learning import miners
+from torch import nn
 
 from labkit.core.data import ArrayDataset
 from labkit.methods import apfs_experiments as X
-from labkit.methods.apfs import RepresentativeBatchSampler
+from labkit.methods.apfs import ProximalRegularizer, RepresentativeBatchSampler
 
 
 def _digits_like(seed: int, offset: int) -> ArrayDataset:
@@ -45,6 +47,19 @@ def test_run_config_validates():
         X.run_config("triplet", "apfs", nonsense=1)
     with pytest.raises(ValueError, match="multiple of"):
         X.run_config("triplet", "apfs", batches_per_pass=7, lifetime=5)
+    with pytest.raises(ValueError, match="unknown miner"):
+        X.run_config("multi_similarity", "apfs", miner="hard_negative")
+
+
+def test_run_config_records_the_miner_and_training_uses_it():
+    train = _digits_like(0, 0)
+    # no miner by default (the authors' framework has none), and the cache key says so
+    assert X.run_config("multi_similarity", "apfs")["miner"] is None
+    for variant in X.VARIANTS:
+        for miner in (None, "multi_similarity"):
+            cfg = X.run_config("multi_similarity", variant, miner=miner)
+            loss_fn, _, _ = X.make_training(cfg, X.build_model(cfg, 1, 28), train)
+            assert isinstance(loss_fn.miner, miners.MultiSimilarityMiner) == (miner is not None)
 
 
 def test_variants_share_the_budget():
@@ -133,3 +148,45 @@ def test_step_cost_reports_all_variants():
     assert all(v > 0 for v in cost.values())
     # total/total: the ratio of the mean block times
     assert cost["apfs/baseline"] == pytest.approx(cost["apfs_ms"] / cost["baseline_ms"])
+
+
+# the profiles' lambda values before issue 16, when the term was lambda * ||theta - anchor||^2
+# and its gradient 2 * lambda * (theta - anchor)
+OLD_STRENGTH = {"quick": 0.1, "lab": 0.1, "full": 1e-4}
+OLD_SWEEP = {"quick": (0.0, 0.1), "lab": (0.0, 0.01, 0.1, 1.0)}
+OLD_GEOMETRY_STRENGTH = 1e-2
+
+
+def _proximal_shift(strength: float, via_gradient: bool,
+                    ) -> tuple[list[torch.Tensor], ProximalRegularizer]:
+    """What the proximal term adds to each gradient of a Linear moved off its anchor, and the
+    regularizer (its model and anchors)."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    reg = ProximalRegularizer(model, strength, lifetime=5, via_gradient=via_gradient)
+    with torch.no_grad():
+        for p in model.parameters():
+            p += torch.randn(p.shape, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    loss = model(x).pow(2).sum()
+    plain = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    if not via_gradient:
+        loss = loss + reg.penalty()
+    loss.backward()
+    return [p.grad - g for p, g in zip(model.parameters(), plain, strict=True)], reg
+
+
+@pytest.mark.parametrize("profile", ["quick", "lab", "full"])
+def test_profile_lambdas_keep_the_old_pull(monkeypatch, profile):
+    monkeypatch.setenv("LABKIT_PROFILE", profile)
+    pairs = [(X.profile_settings()["strength"], OLD_STRENGTH[profile], True),
+             (X.geometry_settings()["strength"], OLD_GEOMETRY_STRENGTH, False)]
+    if profile in OLD_SWEEP:
+        new_sweep = X.sweep_values()["strength"]
+        assert len(new_sweep) == len(OLD_SWEEP[profile])
+        pairs += [(new, old, True) for new, old in zip(new_sweep, OLD_SWEEP[profile],
+                                                      strict=True)]
+    for new, old, via_gradient in pairs:
+        shift, reg = _proximal_shift(new, via_gradient)
+        for added, p, anchor in zip(shift, reg.model.parameters(), reg.anchors, strict=True):
+            assert torch.allclose(added, 2 * old * (p.detach() - anchor)), (new, old)
