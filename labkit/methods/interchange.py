@@ -12,7 +12,7 @@ This module holds the method's pure pieces:
 * maps: `map_from_heads` (closed form from the logit layers, M = W_B^+ W_A, t = W_B^+ (b_A - b_B))
   and `fit_map` (least-squares affine, ridge, orthogonal Procrustes, reduced-rank regression),
   both returning an `EmbeddingMap` (weight (d_dst, d_src), bias (d_dst,));
-* controls: `identity_map` and `shuffled_fit` (correspondences destroyed);
+* controls: `identity_map`, `shuffled_rows` and `shuffled_fit` (correspondences destroyed);
 * measures: `r2_score`, `mapped_accuracy`, `retention`, `linear_cka`, `cca_correlations` /
   `mean_cca` / `svcca`, `procrustes_distance`;
 * open-set verification and retrieval: `pair_scores`, `roc`, `tar_at_far`, `equal_error_rate`,
@@ -21,12 +21,14 @@ This module holds the method's pure pieces:
 The paper's full text was not available to us: details reconstructed from its abstracts and a
 third-party review (the closed-form map's notation, the fitting objective, the open-set
 protocol) are marked UNVERIFIED in the docstrings and listed on the method page.
-Every computation keeps the input dtype (float64 in, float64 out).
+Every computation keeps the input dtype (float64 in, float64 out); the debiased CKA is
+computed in float64 whatever the input.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,7 @@ __all__ = [
     "map_from_networks",
     "head_map_is_exact",
     "identity_map",
+    "shuffled_rows",
     "shuffled_fit",
     "r2_score",
     "head_logits",
@@ -341,14 +344,19 @@ def identity_map(dim: int, dtype: torch.dtype = torch.float32,
                         torch.zeros(dim, dtype=dtype, device=device), "identity")
 
 
+def shuffled_rows(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """x (N, d) with its rows in a seeded random order: paired with an unshuffled partner, it
+    leaves no true correspondence (the controls' re-pairing)."""
+    generator = torch.Generator().manual_seed(seed)
+    return x[torch.randperm(x.shape[0], generator=generator).to(x.device)]
+
+
 def shuffled_fit(src: Any, dst: Any, method: str = "affine", *, seed: int = 0,
                  **options: Any) -> EmbeddingMap:
     """Control: fit `method` on randomly re-paired rows (dst permuted), so no true correspondence
     is left; its accuracy through B's head should fall to about chance."""
     src, dst = _paired(src, dst)
-    generator = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(dst.shape[0], generator=generator).to(dst.device)
-    fitted = fit_map(src, dst[perm], method, **options)
+    fitted = fit_map(src, shuffled_rows(dst, seed), method, **options)
     fitted.method = f"shuffled-{method}"
     fitted.info["seed"] = seed
     return fitted
@@ -413,17 +421,64 @@ def _centred_pair(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return x - x.mean(0), y - y.mean(0)
 
 
-def linear_cka(X: Any, Y: Any) -> float:
-    """Linear CKA (Kornblith et al. 2019) = ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F).
+def _unbiased_hsic(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Song et al.'s (2012) unbiased HSIC_1 for linear kernels, K = X X^T and L = Y Y^T with
+    zeroed diagonals, computed in feature space (no n x n matrix):
 
-    X (n, p1), Y (n, p2): the same n inputs. Invariant to orthogonal maps and isotropic scaling
-    (not to general invertible maps); 1 for identical inputs.
+        HSIC_1 = [tr(K L) + 1^T K 1 1^T L 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K L 1] / (n(n-3)).
+
+    x (n, p1), y (n, p2), n >= 4."""
+    n = x.shape[0]
+    sq_x, sq_y = (x * x).sum(1), (y * y).sum(1)  # diag(K), diag(L)
+    trace_kl = torch.linalg.matrix_norm(x.T @ y) ** 2 - sq_x @ sq_y
+    k_one, l_one = x @ x.sum(0) - sq_x, y @ y.sum(0) - sq_y
+    sum_k, sum_l = k_one.sum(), l_one.sum()
+    return (trace_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2 / (n - 2) * (k_one @ l_one)) / (n * (n - 3))
+
+
+def linear_cka(X: Any, Y: Any, debiased: bool = False) -> float:
+    """Linear CKA (Kornblith et al. 2019) of X (n, p1) and Y (n, p2), the same n inputs.
+
+    debiased=False: ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F), i.e. the biased HSIC
+    estimator; it is inflated unless n >> p (independent Gaussians, n = 32, p = 64: ~0.67).
+    debiased=True: HSIC_1(K, L) / sqrt(HSIC_1(K, K) HSIC_1(L, L)) with the unbiased HSIC_1
+    (Song et al. 2012; Nguyen, Raghu & Kornblith 2021), in float64, for n >= 4. It is ~0 on
+    independent inputs, can be negative, and meets the biased value as n grows.
+
+    For linear kernels HSIC_1 is the mean over 4-tuples of distinct rows of
+    ((x_i - x_j).(x_q - x_r)) ((y_i - y_j).(y_q - y_r)) / 4, so |debiased CKA| <= 1 and a self
+    term HSIC_1(K, K) is a mean of squares. It is 0 when no 4 distinct rows give a nonzero
+    term (e.g. constant X, or all rows but one equal); rounding can then make it slightly
+    negative. That term is the estimator's only denominator, so CKA is undefined there:
+    ValueError, never NaN.
+
+    Both are invariant to orthogonal maps and isotropic scaling (not to general invertible
+    maps) and are 1 for identical inputs.
     """
-    x, y = _centred_pair(X, Y)
-    denom = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
-    if denom == 0:
-        raise ValueError("CKA is undefined when X or Y is constant (no variance)")
-    return float(torch.linalg.matrix_norm(y.T @ x) ** 2 / denom)
+    if not debiased:
+        x, y = _centred_pair(X, Y)
+        denom = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+        if denom == 0:
+            raise ValueError("CKA is undefined when X or Y is constant (no variance)")
+        return float(torch.linalg.matrix_norm(y.T @ x) ** 2 / denom)
+    x, y = (t.double() for t in _paired(X, Y, "X and Y"))
+    x, y = x - x.mean(0), y - y.mean(0)  # the estimator ignores shifts; centring cuts cancellation
+    if x.shape[0] < 4:
+        raise ValueError(f"the debiased CKA needs at least 4 rows, got {x.shape[0]}")
+    return float(_unbiased_hsic(x, y) / torch.sqrt(_self_hsic(x, "X") * _self_hsic(y, "Y")))
+
+
+def _self_hsic(t: torch.Tensor, name: str) -> torch.Tensor:
+    """HSIC_1(K, K) of centred float64 t (n, p), refused when it is zero up to rounding."""
+    if not t.any():
+        raise ValueError(f"CKA is undefined when {name} is constant (no variance)")
+    n, value = t.shape[0], _unbiased_hsic(t, t)
+    # its terms are of size ||t||_F^4 / n^2: below rounding noise on that scale it is zero
+    if value <= 64 * torch.finfo(t.dtype).eps * (t * t).sum() ** 2 / (n * (n - 3)):
+        raise ValueError(f"the debiased CKA is undefined: the unbiased HSIC of {name} with itself "
+                         f"is {float(value):.3g}, zero up to rounding (as when all its rows but one "
+                         "are equal); use more varied rows or the biased estimator")
+    return value
 
 
 def _orthonormal_basis(xc: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
@@ -436,12 +491,19 @@ def _orthonormal_basis(xc: torch.Tensor, rcond: float | None = None) -> torch.Te
     return u[:, s > cutoff]
 
 
+CCA_SAMPLES_PER_DIM = 10
+
+
 def cca_correlations(X: Any, Y: Any) -> torch.Tensor:
     """Canonical correlations rho_1 >= ... >= rho_p (p = min of the two ranks), in the input dtype.
 
     They are the singular values of Q_X^T Q_Y for orthonormal bases of the centred data. CCA is
-    invariant to any invertible linear map, so it is meaningless unless n >> p; n must exceed
-    p1 + p2 here.
+    invariant to any invertible linear map, so it is meaningless unless n >> p: n must exceed
+    p1 + p2 (widths; below that the two column spaces intersect and correlations of 1 appear
+    by construction), and a UserWarning says the correlations are inflated when n is below
+    `CCA_SAMPLES_PER_DIM` = 10 times r1 + r2 (the numerical ranks). On independent Gaussians
+    the mean CCA is ~0.19 at n = 10 (r1 + r2), ~0.27 at 5x and ~0.44 at 2x (20 draws, r1 = r2
+    in 8..32); it only falls off like 1/sqrt(n/(r1 + r2)) above that.
     """
     x, y = _centred_pair(X, Y)
     n = x.shape[0]
@@ -449,6 +511,13 @@ def cca_correlations(X: Any, Y: Any) -> torch.Tensor:
         raise ValueError(f"CCA needs more samples than dims (n >> p1 + p2); got n={n}, "
                          f"p1={x.shape[1]}, p2={y.shape[1]}")
     qx, qy = _orthonormal_basis(x), _orthonormal_basis(y)
+    dims = qx.shape[1] + qy.shape[1]
+    if n < CCA_SAMPLES_PER_DIM * dims:
+        warnings.warn(f"canonical correlations are inflated at n={n} for {dims} dims in all "
+                      f"(ranks {qx.shape[1]} + {qy.shape[1]}): the mean CCA of independent data "
+                      f"is far above 0 (~0.19 at n = {CCA_SAMPLES_PER_DIM * dims}, ~0.44 at "
+                      f"n = {2 * dims}); compare with a shuffled-rows baseline or use more "
+                      "samples", UserWarning, stacklevel=2)
     return torch.linalg.svdvals(qx.T @ qy).clamp(0, 1)
 
 

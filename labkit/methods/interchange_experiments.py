@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations, permutations
 from typing import Any
@@ -60,6 +60,7 @@ __all__ = [
     "controls",
     "retention_vs_pairs",
     "retention_vs_rank",
+    "SIMILARITY_INDICES",
     "similarity_rows",
     "spearman",
     "open_set_results",
@@ -603,23 +604,39 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def similarity_rows(zoo: Zoo, method: str = "affine") -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Per unordered member pair: linear CKA, mean CCA, SVCCA and Procrustes distance of the test
-    embeddings, and the mean retention of the two fitted maps (A->B, B->A).
+SIMILARITY_INDICES: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
+    "cka": ic.linear_cka,
+    "cka_debiased": functools.partial(ic.linear_cka, debiased=True),
+    "mean_cca": ic.mean_cca,
+    "svcca": ic.svcca,
+    "procrustes": ic.procrustes_distance,
+}
+
+
+def similarity_rows(zoo: Zoo, method: str = "affine", *, seed: int = 0
+                    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Per unordered member pair: each of `SIMILARITY_INDICES` on the test embeddings (linear CKA
+    biased and debiased, mean CCA, SVCCA, Procrustes distance), the same index with B's rows
+    shuffled (`<index>_shuffled`, seed `seed` + pair number: the pairing broken, i.e. what the
+    index gives by chance), and the mean retention of the two fitted maps (A->B, B->A).
 
     Returns (rows, Spearman rho of each index with retention)."""
     matrix = retention_matrix(zoo, method)
     index = {n: i for i, n in enumerate(matrix["names"])}
     rows = []
-    for src, dst in combinations(zoo.names, 2):
+    for k, (src, dst) in enumerate(combinations(zoo.names, 2)):
         x, y = zoo.member(src).test_emb.double(), zoo.member(dst).test_emb.double()
+        shuffled = ic.shuffled_rows(y, seed + k)
         i, j = index[src], index[dst]
-        rows.append({"pair": f"{src} / {dst}", "same_arch": zoo.member(src).arch == zoo.member(dst).arch,
-                     "cka": ic.linear_cka(x, y), "mean_cca": ic.mean_cca(x, y), "svcca": ic.svcca(x, y),
-                     "procrustes": ic.procrustes_distance(x, y),
-                     "retention": float((matrix["retention"][i, j] + matrix["retention"][j, i]) / 2)})
+        row: dict[str, Any] = {"pair": f"{src} / {dst}",
+                               "same_arch": zoo.member(src).arch == zoo.member(dst).arch}
+        for key, similarity in SIMILARITY_INDICES.items():
+            row[key] = similarity(x, y)
+            row[f"{key}_shuffled"] = similarity(x, shuffled)
+        row["retention"] = float((matrix["retention"][i, j] + matrix["retention"][j, i]) / 2)
+        rows.append(row)
     rhos = {key: spearman([r[key] for r in rows], [r["retention"] for r in rows])
-            for key in ("cka", "mean_cca", "svcca", "procrustes")}
+            for key in SIMILARITY_INDICES}
     return rows, rhos
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "plot_matrix",
     "plot_curves",
     "plot_similarity_vs_retention",
+    "plot_similarity_heatmap",
     "plot_roc",
     "plot_mapped_scatter",
     "EXPLORER_METHODS",
@@ -96,25 +97,37 @@ def plot_curves(xs: Sequence[float], curves: Mapping[str, Sequence[float]], *,
     return ax
 
 
-_INDEX_LABELS = {"cka": "linear CKA", "mean_cca": "mean CCA", "svcca": "SVCCA",
-                 "procrustes": "Procrustes distance"}
+_INDEX_LABELS = {"cka": "linear CKA", "cka_debiased": "linear CKA (debiased)",
+                 "mean_cca": "mean CCA", "svcca": "SVCCA", "procrustes": "Procrustes distance"}
 
 
-def plot_similarity_vs_retention(rows: Sequence[Mapping[str, float]],
-                                 indices: Sequence[str] = ("cka", "mean_cca", "svcca", "procrustes"),
+def _present_indices(rows: Sequence[Mapping[str, Any]], indices: Sequence[str] | None) -> list[str]:
+    if not rows:
+        raise ValueError("no rows to plot")
+    return list(indices) if indices is not None else [k for k in _INDEX_LABELS if k in rows[0]]
+
+
+def plot_similarity_vs_retention(rows: Sequence[Mapping[str, Any]],
+                                 indices: Sequence[str] | None = None,
                                  *, target: str = "retention",
                                  correlations: Mapping[str, float] | None = None) -> plt.Figure:
     """One scatter per similarity index: index value (x) vs `target` (y), one dot per model pair.
 
-    rows: dicts with the index keys and `target` (and optionally "same_arch" to colour pairs).
+    rows: dicts with the index keys and `target` (and optionally "same_arch" to colour pairs), as
+    from `similarity_rows`; `indices` defaults to every known index the rows carry. Where rows
+    carry `<index>_shuffled` (B's rows permuted), the panel shades that baseline's range over
+    pairs and marks its median: what the index gives with the pairing broken.
     `correlations`: Spearman rho per index, written into each panel's title.
     """
-    if not rows:
-        raise ValueError("no rows to plot")
+    indices = _present_indices(rows, indices)
     fig, axes = plt.subplots(1, len(indices), figsize=(3.2 * len(indices), 3.0), squeeze=False)
     same = np.array([bool(r.get("same_arch", False)) for r in rows])
     y = np.array([r[target] for r in rows], dtype=float)
     for ax, key in zip(axes[0], indices, strict=True):
+        if f"{key}_shuffled" in rows[0]:
+            baseline = np.array([r[f"{key}_shuffled"] for r in rows], dtype=float)
+            ax.axvspan(baseline.min(), baseline.max(), color="grey", alpha=0.2, lw=0)
+            ax.axvline(np.median(baseline), color="grey", ls="--", lw=1, label="shuffled pairs")
         x = np.array([r[key] for r in rows], dtype=float)
         ax.scatter(x[~same], y[~same], s=14, label="different arch")
         if same.any():
@@ -129,6 +142,45 @@ def plot_similarity_vs_retention(rows: Sequence[Mapping[str, float]],
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _as_similarity(key: str, values: np.ndarray) -> np.ndarray:
+    """Values on a 'higher is more similar' scale in [0, 1] for colouring: the Procrustes
+    distance d in [0, sqrt(2)] becomes 1 - d / sqrt(2)."""
+    return 1 - values / np.sqrt(2) if key == "procrustes" else values
+
+
+def plot_similarity_heatmap(rows: Sequence[Mapping[str, Any]], indices: Sequence[str] | None = None,
+                            *, ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Model pairs (rows, `row["pair"]`) x similarity indices (columns), each cell annotated with
+    the index's value; a last row, set apart, holds each index's shuffled-pairs baseline (median
+    over pairs of `<index>_shuffled`). Colour is similarity on one 0-1 scale (the Procrustes
+    distance d drawn as 1 - d / sqrt(2)), so a column close in colour to its baseline row says
+    little beyond chance."""
+    indices = _present_indices(rows, indices)
+    missing = [key for key in indices if f"{key}_shuffled" not in rows[0]]
+    if missing:
+        raise ValueError(f"rows lack the shuffled-pairs baseline of {missing} "
+                         "(keys '<index>_shuffled', as similarity_rows gives)")
+    values = np.array([[r[key] for key in indices] for r in rows]
+                      + [[np.median([r[f"{key}_shuffled"] for r in rows]) for key in indices]],
+                      dtype=float)
+    colour = np.stack([_as_similarity(key, values[:, k]) for k, key in enumerate(indices)], 1)
+    ax = _axes(ax, (2.6 + 1.05 * len(indices), 1.2 + 0.24 * len(values)))
+    image = ax.imshow(colour, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(indices)), [_INDEX_LABELS.get(k, k) for k in indices], rotation=30,
+                  ha="right", fontsize=8)
+    ax.set_yticks(range(len(values)), [str(r["pair"]) for r in rows]
+                  + ["shuffled pairs (median)"], fontsize=7)
+    ax.axhline(len(rows) - 0.5, color="white", lw=3)
+    for i in range(values.shape[0]):
+        for k in range(values.shape[1]):
+            ax.text(k, i, f"{values[i, k]:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if colour[i, k] > 0.5 else "white")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="similarity")
+    return ax
 
 
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, ax: Axes | None = None,
@@ -206,8 +258,9 @@ def explorer_metrics(zoo: Zoo, src: str, dst: str, method: str = "affine", *,
                      n_pairs: int | None = None) -> tuple[ic.EmbeddingMap, dict[str, float]]:
     """The map from `src` to `dst` built by `method` (one of `EXPLORER_METHODS`) and its held-out
     numbers: accuracy (acc(A -> B)), target_accuracy, retention, r2, plus source_accuracy and
-    the two spaces' linear CKA (cka). `rank` (reduced_rank, default min(d_A, d_B)), `alpha`
-    (ridge) and `n_pairs` (fitted maps; default all training images) are read where they apply."""
+    the two spaces' linear CKA, biased (cka) and debiased (cka_debiased). `rank` (reduced_rank,
+    default min(d_A, d_B)), `alpha` (ridge) and `n_pairs` (fitted maps; default all training
+    images) are read where they apply."""
     if method not in EXPLORER_METHODS:
         raise ValueError(f"unknown explorer map {method!r}; use one of {EXPLORER_METHODS}")
     a, b = zoo.member(src), zoo.member(dst)
@@ -227,6 +280,7 @@ def explorer_metrics(zoo: Zoo, src: str, dst: str, method: str = "affine", *,
     metrics = evaluate_map(zoo, src, dst, emb_map)
     metrics["source_accuracy"] = a.test_acc
     metrics["cka"] = ic.linear_cka(a.test_emb.double(), b.test_emb.double())
+    metrics["cka_debiased"] = ic.linear_cka(a.test_emb, b.test_emb, debiased=True)
     return emb_map, metrics
 
 
@@ -241,7 +295,7 @@ _BAR_COLOURS = ("tab:blue", "tab:orange", "tab:green")
 
 def _metrics_line(metrics: Mapping[str, float]) -> str:
     return (f"retention {metrics['retention']:.3f}  R² {metrics['r2']:.2f}  "
-            f"CKA {metrics['cka']:.2f}")
+            f"CKA {metrics['cka']:.2f} (debiased {metrics['cka_debiased']:.2f})")
 
 
 def explorer_figure(zoo: Zoo, src: str, dst: str, method: str = "affine", **options: Any

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -307,6 +309,122 @@ def test_linear_cka_properties():
         ic.linear_cka(torch.ones(100, 3), y)
 
 
+def _unbiased_hsic_gram(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Song et al.'s HSIC_1 written out on the n x n Gram matrices with zeroed diagonals."""
+    n = x.shape[0]
+    k, l = x @ x.T, y @ y.T  # noqa: E741
+    k.fill_diagonal_(0)
+    l.fill_diagonal_(0)
+    one = torch.ones(n, dtype=x.dtype)
+    value = (torch.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+             - 2 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))
+    return float(value)
+
+
+def _unbiased_hsic_tuples(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The same estimate as a U-statistic: the mean over ordered 4-tuples of distinct rows of
+    ((x_i - x_j).(x_q - x_r)) ((y_i - y_j).(y_q - y_r)) / 4, by explicit loops."""
+    total, count = 0.0, 0
+    for i, j, q, r in itertools.permutations(range(x.shape[0]), 4):
+        total += float((x[i] - x[j]) @ (x[q] - x[r])) * float((y[i] - y[j]) @ (y[q] - y[r])) / 4
+        count += 1
+    return total / count
+
+
+def _independent_pair(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = _gen(seed)
+    return (torch.randn(n, d, generator=gen, dtype=torch.float64),
+            torch.randn(n, d, generator=gen, dtype=torch.float64))
+
+
+def test_debiased_cka_is_near_zero_on_independent_inputs_where_the_biased_one_is_not():
+    # issue 16's acceptance check: n = 32 rows, d = 64 in both spaces, 50 seeded draws
+    pairs = [_independent_pair(32, 64, seed) for seed in range(50)]
+    biased = np.mean([ic.linear_cka(x, y) for x, y in pairs])
+    debiased = np.mean([ic.linear_cka(x, y, debiased=True) for x, y in pairs])
+    assert biased > 0.5
+    assert abs(debiased) < 0.02
+
+
+def test_debiased_cka_agrees_with_the_biased_one_at_large_n_and_is_one_on_identical_inputs():
+    x = _randn(2000, 8, seed=1)
+    y = x[:, :5] @ _randn(5, 6, seed=2) + 0.5 * _randn(2000, 6, seed=3)
+    biased, debiased = ic.linear_cka(x, y), ic.linear_cka(x, y, debiased=True)
+    assert 0.3 < debiased < 1
+    assert abs(biased - debiased) < 2e-3
+    small_x, small_y = x[:20], y[:20]  # at small n the two differ by much more
+    assert abs(ic.linear_cka(small_x, small_y) - ic.linear_cka(small_x, small_y, debiased=True)) > 2e-2
+    assert ic.linear_cka(x, x, debiased=True) == pytest.approx(1.0, abs=1e-12)
+    assert ic.linear_cka(x[:6], x[:6], debiased=True) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_debiased_cka_invariances_and_dtype():
+    x = _randn(60, 8, seed=1)
+    y = x[:, :5] @ _randn(5, 6, seed=2) + 0.8 * _randn(60, 6, seed=3)
+    cka = ic.linear_cka(x, y, debiased=True)
+    assert ic.linear_cka(x @ _orthogonal(8, seed=4), y @ _orthogonal(6, seed=5),
+                         debiased=True) == pytest.approx(cka, rel=1e-10)
+    assert ic.linear_cka(x * 13.0 + 2.0, y * 0.01 - 5.0, debiased=True) == pytest.approx(cka, rel=1e-10)
+    stretch = torch.diag(torch.logspace(-2, 2, 8, dtype=torch.float64))
+    assert abs(ic.linear_cka(x @ stretch, y, debiased=True) - cka) > 1e-2
+    # float32 inputs are computed in float64: the same value to float32 rounding of the inputs
+    single = ic.linear_cka(x.float(), y.float(), debiased=True)
+    assert isinstance(single, float) and single == pytest.approx(cka, rel=1e-5)
+
+
+def test_debiased_cka_matches_the_unbiased_hsic_formula_by_hand():
+    x = _randn(7, 3, seed=1) + 4.0  # not centred: the estimator must not depend on it
+    y = 0.5 * x[:, :2] + _randn(7, 2, seed=2) - 1.0
+    hsic_xy = _unbiased_hsic_gram(x, y)
+    assert hsic_xy == pytest.approx(_unbiased_hsic_tuples(x, y), rel=1e-9)
+    expected = hsic_xy / math.sqrt(_unbiased_hsic_gram(x, x) * _unbiased_hsic_gram(y, y))
+    assert ic.linear_cka(x, y, debiased=True) == pytest.approx(expected, rel=1e-10)
+    bigger_x, bigger_y = _randn(40, 5, seed=3), _randn(40, 3, seed=4)
+    expected = _unbiased_hsic_gram(bigger_x, bigger_y) / math.sqrt(
+        _unbiased_hsic_gram(bigger_x, bigger_x) * _unbiased_hsic_gram(bigger_y, bigger_y))
+    assert ic.linear_cka(bigger_x, bigger_y, debiased=True) == pytest.approx(expected, rel=1e-10)
+
+
+def test_both_cka_estimators_reproduce_the_values_printed_in_kornbliths_demo():
+    # google-research/google-research, representation_similarity/Demo.ipynb: X = randn(100, 10),
+    # Y = randn(100, 10) + X after np.random.seed(1337); its stored outputs print 0.55761
+    # (linear CKA) and 0.51346 (debiased), from examples and from features alike
+    rs = np.random.RandomState(1337)
+    x = rs.randn(100, 10)
+    y = rs.randn(100, 10) + x
+    assert round(ic.linear_cka(x, y), 5) == 0.55761
+    assert round(ic.linear_cka(x, y, debiased=True), 5) == 0.51346
+
+
+def test_debiased_cka_never_returns_nan_at_the_smallest_n():
+    # a mean over products of squares: |debiased CKA| <= 1, and it may be negative
+    values = [ic.linear_cka(*_independent_pair(n, 3, seed), debiased=True)
+              for n in (4, 5, 6) for seed in range(30)]
+    assert all(math.isfinite(v) and -1 - 1e-12 <= v <= 1 + 1e-12 for v in values)
+    assert min(values) < 0 < max(values)
+
+
+def test_debiased_cka_refuses_inputs_whose_self_hsic_vanishes():
+    y = _randn(4, 2, seed=1)
+    with pytest.raises(ValueError, match="constant"):
+        ic.linear_cka(torch.ones(4, 3, dtype=torch.float64), y, debiased=True)
+    # not constant, yet every 4-tuple of distinct rows has two equal rows: HSIC_1(K, K) = 0
+    three_equal_rows = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [0.3, -4.0]],
+                                    dtype=torch.float64)
+    with pytest.raises(ValueError, match="unbiased HSIC"):
+        ic.linear_cka(three_equal_rows, y, debiased=True)
+    with pytest.raises(ValueError, match="unbiased HSIC"):
+        ic.linear_cka(y, three_equal_rows * 1e6 + 3.0, debiased=True)
+    assert math.isfinite(ic.linear_cka(three_equal_rows, y))  # the biased estimator is defined
+
+
+def test_debiased_cka_needs_four_rows():
+    x, y = _independent_pair(3, 2, seed=0)
+    with pytest.raises(ValueError, match="at least 4"):
+        ic.linear_cka(x, y, debiased=True)
+    assert math.isfinite(ic.linear_cka(x, y))
+
+
 def _cca_reference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x, y = x - x.mean(0), y - y.mean(0)
     sxx, syy, sxy = x.T @ x, y.T @ y, x.T @ y
@@ -326,6 +444,23 @@ def test_cca_correlations_match_covariance_formula_and_invariances():
     assert ic.mean_cca(x, x @ invertible) == pytest.approx(1.0, abs=1e-10)
     with pytest.raises(ValueError, match="more samples"):
         ic.mean_cca(x[:8], y[:8])
+
+
+def test_cca_correlations_warn_that_they_are_inflated_when_n_is_not_well_above_the_dims():
+    # independent Gaussians, p1 = p2 = 16: at n = 5 (p1 + p2) the mean CCA is ~0.27, not 0
+    x, y = _independent_pair(160, 16, seed=0)
+    with pytest.warns(UserWarning, match="inflated"):
+        floor = ic.mean_cca(x, y)
+    assert floor > 0.2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ic.mean_cca(*_independent_pair(1000, 16, seed=0))  # n = 31 (p1 + p2): no warning
+        # dead units do not count: the rule reads the numerical ranks, not the widths
+        dead = torch.zeros(200, 30, dtype=torch.float64)
+        x, y = _independent_pair(200, 4, seed=1)
+        ic.cca_correlations(torch.cat([x, dead], 1), y)
+    with pytest.raises(ValueError, match="more samples"):
+        ic.cca_correlations(*_independent_pair(32, 16, seed=0))
 
 
 def test_svcca_drops_low_variance_directions():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from labkit.methods import interchange as ic
 from labkit.methods import interchange_experiments as ex
 
 
@@ -70,8 +71,27 @@ def test_sweeps_and_similarity_rows_on_toy_zoo(toy):
     ranks = ex.retention_vs_rank(toy, [1, 6])
     assert ranks[1] > ranks[0] and ranks[1] == pytest.approx(ex.retention_matrix(toy)["median"])
     rows, rhos = ex.similarity_rows(toy)
-    assert len(rows) == 6 and set(rhos) == {"cka", "mean_cca", "svcca", "procrustes"}
+    assert len(rows) == 6 and set(rhos) == set(ex.SIMILARITY_INDICES)
+    assert set(ex.SIMILARITY_INDICES) == {"cka", "cka_debiased", "mean_cca", "svcca", "procrustes"}
     assert all(0 <= r["cka"] <= 1 and r["mean_cca"] > 0.9 for r in rows)  # CCA: same space up to a linear map
+
+
+def test_similarity_rows_carry_both_cka_estimators_and_a_shuffled_pairs_baseline(toy):
+    rows, _ = ex.similarity_rows(toy, seed=3)
+    first = rows[0]
+    x, y = toy.member("toy0").test_emb.double(), toy.member("toy1").test_emb.double()
+    assert first["pair"] == "toy0 / toy1"
+    assert first["cka_debiased"] == pytest.approx(ic.linear_cka(x, y, debiased=True), rel=1e-12)
+    # the baseline is each index on B's rows re-paired by the seeded permutation of the controls
+    shuffled = ic.shuffled_rows(y, seed=3)
+    assert first["cka_shuffled"] == pytest.approx(ic.linear_cka(x, shuffled), rel=1e-12)
+    assert first["procrustes_shuffled"] == pytest.approx(ic.procrustes_distance(x, shuffled), rel=1e-12)
+    for r in rows:
+        assert abs(r["cka_debiased_shuffled"]) < 0.05 and r["cka_shuffled"] > 0
+        for key in ("cka", "cka_debiased", "mean_cca", "svcca"):
+            assert r[key] > r[f"{key}_shuffled"] + 0.2
+        assert r["procrustes"] < r["procrustes_shuffled"]
+    assert ex.similarity_rows(toy, seed=4)[0][0]["cka_shuffled"] != first["cka_shuffled"]
 
 
 def test_roc_on_grid_takes_best_tar_left_of_each_far():

@@ -52,6 +52,40 @@ def test_similarity_scatter_panels_and_correlation_titles():
     assert sorted(offsets[:, 0].round(2)) == [0.0, 0.1, 0.2, 0.3, 0.4]
 
 
+def _rows_with_baseline() -> list[dict]:
+    return [{"pair": f"m{i} / m{i + 1}", "cka": 0.5 + 0.1 * i, "cka_debiased": 0.45 + 0.1 * i,
+             "mean_cca": 0.6, "svcca": 0.7, "procrustes": 0.8 - 0.1 * i,
+             "cka_shuffled": 0.3 + 0.01 * i, "cka_debiased_shuffled": 0.01 * i - 0.01,
+             "mean_cca_shuffled": 0.15, "svcca_shuffled": 0.12, "procrustes_shuffled": 1.3,
+             "retention": 0.9 + 0.01 * i} for i in range(3)]
+
+
+def test_similarity_scatter_draws_each_index_beside_its_shuffled_pairs_baseline():
+    fig = viz.plot_similarity_vs_retention(_rows_with_baseline())
+    assert [ax.get_xlabel() for ax in fig.axes] == ["linear CKA", "linear CKA (debiased)",
+                                                    "mean CCA", "SVCCA", "Procrustes distance"]
+    lines = [[line.get_xdata()[0] for line in ax.get_lines()] for ax in fig.axes]
+    assert np.allclose([values[0] for values in lines], [0.31, 0.0, 0.15, 0.12, 1.3])
+    assert "shuffled" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert not any(ax.get_lines() for ax in viz.plot_similarity_vs_retention(
+        [{k: v for k, v in r.items() if not k.endswith("_shuffled")} for r in _rows_with_baseline()]).axes)
+
+
+def test_similarity_heatmap_has_a_row_per_pair_and_a_shuffled_baseline_row():
+    ax = viz.plot_similarity_heatmap(_rows_with_baseline())
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:3] == ["m0 / m1", "m1 / m2", "m2 / m3"] and "shuffled" in labels[3]
+    assert len(ax.get_xticklabels()) == 5
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[:5] == ["0.50", "0.45", "0.60", "0.70", "0.80"]  # raw values, pair by pair
+    assert texts[-5:] == ["0.31", "0.00", "0.15", "0.12", "1.30"]  # median of the baselines
+    shown = np.asarray(ax.images[0].get_array())
+    # colour is similarity on one scale: the Procrustes distance d is drawn as 1 - d / sqrt(2)
+    assert shown[0, 4] == pytest.approx(1 - 0.8 / np.sqrt(2)) and shown[0, 0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="shuffled"):
+        viz.plot_similarity_heatmap([{"pair": "a / b", "cka": 0.4}])
+
+
 def test_plot_roc_and_scatter():
     far = np.array([0, 1e-3, 1e-2, 0.1, 1])
     ax = viz.plot_roc({"native": (far, np.array([0, 0.5, 0.8, 0.95, 1]))}, min_far=1e-4)
@@ -119,6 +153,7 @@ def test_explorer_slider_has_one_frame_per_grid_point_showing_that_points_metric
                                                      metrics["accuracy"]], atol=1e-4)
         assert f"retention {metrics['retention']:.3f}" in frame.layout.title.text
         assert f"CKA {metrics['cka']:.2f}" in frame.layout.title.text
+        assert f"debiased {metrics['cka_debiased']:.2f}" in frame.layout.title.text
         retentions.append(metrics["retention"])
     assert len(set(np.round(retentions, 4))) > 3  # the steps really differ
     assert fig.layout.title.text == fig.frames[0].layout.title.text  # opens at the first point
