@@ -167,12 +167,10 @@ def build_model(cfg: Mapping[str, Any], in_channels: int, image_size: int) -> Ne
     return Network(backbone, neck, head=None)
 
 
-def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
-    """Train one configuration and evaluate it on the unseen classes (not cached)."""
-    config.seed_everything(int(cfg["seed"]))
-    train, test = load_split(cfg)
-    c, h, _ = train.image_shape
-    model = build_model(cfg, c, h)
+def make_training(cfg: Mapping[str, Any], model: Network, train: ArrayDataset,
+                  device: torch.device) -> tuple[GSPTrainLoss, list[dict[str, Any]], MPerClassBatches]:
+    """(loss_fn, param_groups, batch_sampler) of cfg; moves `model` to `device` and sets its
+    prototypes. `train_run` and `labkit train` both build their training here."""
     dml = dml_loss(cfg["loss"], train.num_classes, int(cfg["dim"]))
     zsr = None
     if cfg["variant"] == "gsp+zsr":
@@ -187,7 +185,6 @@ def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
         groups.append({"params": list(zsr.parameters())})
     sampler = MPerClassBatches(train.labels, int(cfg["m"]), int(cfg["classes_per_batch"]),
                                int(cfg["batches_per_epoch"]), seed=int(cfg["seed"]))
-    device = config.get_device()
     # Prototypes: k-centres of the first batch's local features, taken before training starts.
     model.to(device)
     with torch.no_grad():
@@ -196,9 +193,20 @@ def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
                                            seed=int(cfg["seed"]) + 10_000)))
         model.neck.init_prototypes(model.neck.local_features(
             model.backbone(train.images[first].to(device))))
-    history = fit(model, loss_fn, train, epochs=int(cfg["epochs"]), optimizer="adam", lr=lr,
-                  param_groups=groups, batch_sampler=sampler, device=device,
-                  seed=int(cfg["seed"]), progress=progress)
+    return loss_fn, groups, sampler
+
+
+def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
+    """Train one configuration and evaluate it on the unseen classes (not cached)."""
+    config.seed_everything(int(cfg["seed"]))
+    train, test = load_split(cfg)
+    c, h, _ = train.image_shape
+    model = build_model(cfg, c, h)
+    device = config.get_device()
+    loss_fn, groups, sampler = make_training(cfg, model, train, device)
+    history = fit(model, loss_fn, train, epochs=int(cfg["epochs"]), optimizer="adam",
+                  lr=float(cfg["lr"]), param_groups=groups, batch_sampler=sampler,
+                  device=device, seed=int(cfg["seed"]), progress=progress)
     emb = embed(model, test.images)
     metrics = retrieval_metrics(emb, test.labels, seed=int(cfg["seed"]))
     return {"config": dict(cfg), "metrics": metrics, "history": history.epochs,
