@@ -88,11 +88,20 @@ class GSPTrainLoss(nn.Module):
         self.loss = loss
 
     def forward(self, model: Network, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.from_outputs(self.outputs(model, images), labels)
+
+    def outputs(self, model: Network, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the loss needs per sample: (unit embeddings (B, d),) and, with the zero-shot
+        loss, the prototype histograms (B, K)."""
         fmap = model.backbone(images)
         if self.loss.zsr is None:
-            return self.loss(F.normalize(model.neck(fmap), dim=1), labels)
+            return (F.normalize(model.neck(fmap), dim=1),)
         out = model.neck(fmap, return_maps=True)
-        return self.loss(F.normalize(out.pooled, dim=1), labels, out.histogram)
+        return F.normalize(out.pooled, dim=1), out.histogram
+
+    def from_outputs(self, outputs: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch's `outputs` (a distributed run gathers them from all ranks)."""
+        return self.loss(outputs[0], labels, *outputs[1:])
 
 
 def profile_settings() -> dict[str, Any]:
