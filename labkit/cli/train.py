@@ -202,9 +202,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--steps must be >= 1 and --checkpoint-every >= 0")
         steps = budget if args.steps is None else min(args.steps, budget)
         out = args.out or Path("labkit-train") / f"{method}-{Path(args.config).stem}"
-        if args.resume and not (out / loop.CHECKPOINT).exists():
-            raise FileNotFoundError(f"--resume: no {loop.CHECKPOINT} in {out}")
-        if not args.resume and (out / loop.CHECKPOINT).exists():
+        identity = {"method": method, "config": cfg}
+        saved = None
+        if args.resume:
+            # every rank reads it: on several nodes --out must be on storage they all see
+            if not (out / loop.CHECKPOINT).exists():
+                raise FileNotFoundError(f"--resume: no {loop.CHECKPOINT} in {out}")
+            saved = loop.load_checkpoint(out)
+            loop.check_resumable(saved, identity, ranks.world_size)
+        elif (out / loop.CHECKPOINT).exists():
             raise ValueError(f"{out} already holds a run ({loop.CHECKPOINT}): pass --resume to "
                              "continue it, or choose another --out")
         device = D.device_for(ranks)
@@ -215,13 +221,12 @@ def run(args: argparse.Namespace) -> int:
     # a shorter run is another run: its key says so, and a runner's full-budget run never
     # finds it (nor the reverse)
     key_cfg = cfg if steps == budget else {**cfg, "train_steps": steps}
-    options = loop.LoopOptions(out, steps, {"method": method, "config": cfg},
-                               args.checkpoint_every, args.resume,
+    options = loop.LoopOptions(out, steps, identity, args.checkpoint_every,
                                record_batches=os.environ.get(RECORD_ENV, "0") not in ("", "0"))
     say(f"labkit train {method} ({args.config}): {steps} of {budget} steps on {device}, "
         f"{ranks.world_size} rank(s); writing {out}")
     with StopSignals() as stop, D.process_group(ranks, device) as group:
-        outcome = loop.train(training.job, options, ranks, group, stop.requested)
+        outcome = loop.train(training.job, options, ranks, group, stop.requested, saved)
     if outcome.stopped:
         say(f"stopped at step {outcome.steps} by signal {stop.signal}; {out / loop.CHECKPOINT} "
             "holds it: run the same command with --resume to continue")

@@ -157,15 +157,6 @@ def gather_objects(obj: Any, ranks: Ranks) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, ranks: Ranks) -> Any:
-    """Rank 0's `obj` on every rank (so a checkpoint need only be readable by rank 0)."""
-    if not ranks.launched:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 # ----------------------------------------------------------------------------- batch norm
 
 class GlobalBatchNorm(_BatchNorm):

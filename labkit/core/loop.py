@@ -77,7 +77,6 @@ class LoopOptions:
     steps: int
     identity: dict[str, Any]  # what a checkpoint must match to be resumed (method, config)
     checkpoint_every: int = 0
-    resume: bool = False
     log_every: int = 10
     record_batches: bool = False  # write each rank's sample indices per step (tests)
 
@@ -191,10 +190,16 @@ def epoch_rows(losses: Sequence[float], seconds: Sequence[float],
     return rows
 
 
+def load_checkpoint(out: Path) -> dict[str, Any]:
+    """The checkpoint in `out` (a pickle: load only checkpoints you wrote)."""
+    return torch.load(Path(out) / CHECKPOINT, map_location="cpu", weights_only=False)
+
+
 def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None,
-          should_stop: Callable[[], bool] = lambda: False) -> Outcome:
-    """Run `job` to `options.steps` (or until `should_stop()` on some rank); rank 0 writes
-    metrics.jsonl and checkpoint.pt under `options.out`."""
+          should_stop: Callable[[], bool] = lambda: False,
+          saved: dict[str, Any] | None = None) -> Outcome:
+    """Run `job` to `options.steps` (or until `should_stop()` on some rank), continuing from the
+    checkpoint `saved` if given; rank 0 writes metrics.jsonl and checkpoint.pt in `options.out`."""
     device = job.data.images.device
     world, rank = ranks.world_size, ranks.rank
     out = Path(options.out)
@@ -218,9 +223,7 @@ def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None
     steps_per_epoch = len(batches)
     step, epoch, losses, seconds = 0, 0, [], []
 
-    if options.resume:
-        saved = D.broadcast_object(torch.load(out / CHECKPOINT, map_location="cpu",
-                                              weights_only=False) if ranks.is_main else None, ranks)
+    if saved is not None:
         check_resumable(saved, options.identity, world)
         for name, holder in stateful.items():
             holder.load_state_dict(saved["state"][name])
