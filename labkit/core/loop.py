@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from labkit.core import config
 from labkit.core import distributed as D
 from labkit.core.data import ArrayDataset
 
@@ -252,6 +253,8 @@ def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None
         torch.save(payload, tmp)
         os.replace(tmp, out / CHECKPOINT)  # atomic: a kill leaves the old or the new one
 
+    bar = config.progress_bar(None, ranks.is_main, total=options.steps, initial=step,
+                              desc="steps", leave=False)
     pending: list[tuple[int, int, torch.Tensor, int]] = []
     window_started = time.perf_counter()
 
@@ -274,6 +277,8 @@ def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None
                                       "images_per_s": images / elapsed}) + "\n")
         if log is not None:
             log.flush()
+        bar.update(len(pending))
+        bar.set_postfix(loss=f"{values[-2]:.4f}", images_per_s=f"{images / elapsed:.0f}")
         pending.clear()
         window_started = time.perf_counter()
         return values[-1] > 0
@@ -319,6 +324,7 @@ def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None
                 if stopped:
                     break
     finally:
+        bar.close()
         for handle in (log, record):
             if handle is not None:
                 handle.close()
