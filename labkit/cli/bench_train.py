@@ -4,7 +4,8 @@ and under DDP with two ranks (torchrun, gloo on the CPU), on the same config and
 Each repeat runs the three side by side (in alternating order, as separate processes, each with
 a throwaway cache); a run's step time is the median over its metrics.jsonl windows after the
 first `--skip` steps (warm-up). Reported: min / median / max over repeats of each step time and
-of the per-repeat ratios to the single process. Goal: DDP with one rank at most 1.05x.
+of the per-repeat ratios to the single process. Goal: DDP with one rank at most 1.05x. Every
+process gets the same OMP_NUM_THREADS (--threads).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=40, help="steps per run")
     parser.add_argument("--skip", type=int, default=10, help="warm-up steps left out")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP_NUM_THREADS of every process (torchrun's default for several "
+                             "ranks; equal threads keep the comparison about DDP, and two "
+                             "threads on two shared cores stall when a core is busy)")
     args = parser.parse_args(argv)
     if args.steps <= args.skip or args.repeats < 1:
         raise ValueError("need --steps > --skip and --repeats >= 1")
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     classes, per_class = batch_shape(args.method, cfg)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="labkit-bench-train-") as tmp:
-        env = {**os.environ, "LABKIT_CACHE": str(Path(tmp) / "cache"), "LABKIT_PROGRESS": "0"}
+        env = {**os.environ, "LABKIT_CACHE": str(Path(tmp) / "cache"), "LABKIT_PROGRESS": "0",
+               "OMP_NUM_THREADS": str(args.threads)}
         for repeat in range(args.repeats):
             order = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]
             for variant in order:
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                     args.skip))
     res: dict[str, Any] = {"method": args.method, "config": args.config, "steps": args.steps,
                            "skip": args.skip, "repeats": args.repeats,
-                           "batch": f"{classes} x {per_class}", "cpus": os.cpu_count()}
+                           "batch": f"{classes} x {per_class}", "cpus": os.cpu_count(),
+                           "threads": args.threads}
     for variant in VARIANTS:
         res[f"{variant}_ms"] = _spread([1e3 * t for t in times[variant]])
     for variant in VARIANTS[1:]:
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(f"labkit train {args.method} ({args.config}), global batch {classes} x {per_class}, "
           f"{args.steps} steps per run ({args.skip} warm-up), {args.repeats} repeats, "
-          f"{res['cpus']} CPUs; min / median / max:")
+          f"{res['cpus']} CPUs, {args.threads} thread(s) per process; min / median / max:")
     for variant, label in zip(VARIANTS, ("one process", "DDP, 1 rank", "DDP, 2 ranks"),
                               strict=True):
         print(f"  {label:13s} {shown(res[f'{variant}_ms'], '8.1f')} ms/step")

@@ -12,6 +12,7 @@ averaging divides the W out: a step is the single-process step on the global bat
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -69,7 +70,10 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[Any]:
         yield None
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    options = {}
+    if device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters:
+        options["device_id"] = device  # binds NCCL to this rank's GPU up front (torch >= 2.3)
+    dist.init_process_group(backend, **options)
     try:
         yield dist.new_group(backend=backend)
     finally:

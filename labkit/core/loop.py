@@ -191,6 +191,31 @@ def epoch_rows(losses: Sequence[float], seconds: Sequence[float],
     return rows
 
 
+def _step(job: TrainJob, net: nn.Module, batch: list[int], local: list[int],
+          shards: list[list[int]] | None, group: Any, autocast: Callable[[], Any]) -> torch.Tensor:
+    """One optimiser step on the global `batch`, this rank embedding `local` (the samples at
+    `shards[rank]`); returns the global batch's loss (detached on the caller's side)."""
+    device = job.data.images.device
+    images = job.data.images[torch.as_tensor(local, device=device)]
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast():
+        outputs = net(images)
+        if shards is not None:
+            outputs = tuple(D.gather_batch(o, shards, group) for o in outputs)
+        loss = job.loss(outputs, job.data.labels[torch.as_tensor(batch, device=device)])
+    job.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if shards is not None and job.loss_parameters:
+        D.average_gradients(job.loss_parameters, group)
+    job.optimizer.step()
+    if job.scheduler is not None:
+        job.scheduler.step()
+    if job.after_step is not None:
+        job.after_step()
+    return loss
+
+
 def load_checkpoint(out: Path) -> dict[str, Any]:
     """The checkpoint in `out` (a pickle: load only checkpoints you wrote)."""
     return torch.load(Path(out) / CHECKPOINT, map_location="cpu", weights_only=False)
@@ -296,24 +321,7 @@ def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None
             local = [batch[p] for p in shards[rank]] if shards else batch
             if record is not None:
                 record.write(json.dumps({"step": step, "indices": local}) + "\n")
-            index = torch.as_tensor(local, device=device)
-            images = job.data.images[index]
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                outputs = net(images)
-                if shards:
-                    outputs = tuple(D.gather_batch(o, shards, group) for o in outputs)
-                loss = job.loss(outputs, job.data.labels[torch.as_tensor(batch, device=device)])
-            job.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1 and job.loss_parameters:
-                D.average_gradients(job.loss_parameters, group)
-            job.optimizer.step()
-            if job.scheduler is not None:
-                job.scheduler.step()
-            if job.after_step is not None:
-                job.after_step()
+            loss = _step(job, net, batch, local, shards, group, autocast)
             pending.append((step, epoch, loss.detach().float(), len(batch)))
             checkpoint_now = bool(options.checkpoint_every) and step % options.checkpoint_every == 0
             if (step % options.log_every == 0 or checkpoint_now or step == options.steps

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from labkit.cli import train as cli
 from labkit.core import loop
@@ -28,6 +29,16 @@ PROFILE_OF = {"quick": "quick", "lab": "lab", "paper": "full"}
 # small runs of each method that two ranks can share (apfs quick has 3 classes per batch)
 DDP_RUNS = {"gsp": ["--set", "batches_per_epoch=4"],
             "apfs": ["--set", "classes_per_batch=4", "--steps", "6"]}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One thread, as torchrun gives each of its ranks: on two cores shared with other work,
+    two threads stall (10x slower steps here) and the comparison is like for like."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +64,7 @@ def losses(out: Path) -> dict[int, float]:
 
 def sub_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "LABKIT_CACHE": str(tmp_path / "cache"), "LABKIT_DEVICE": "cpu",
-            "LABKIT_PROGRESS": "0", **extra}
+            "LABKIT_PROGRESS": "0", "OMP_NUM_THREADS": "1", **extra}
 
 
 # ----------------------------------------------------------------------------- configs
