@@ -231,9 +231,10 @@ def run(args: argparse.Namespace) -> int:
     with StopSignals() as stop, D.process_group(ranks, device) as group:
         outcome = loop.train(training.job, options, ranks, group, stop.requested, saved)
     if outcome.stopped:
-        say(f"stopped at step {outcome.steps} by signal {stop.signal}; {out / loop.CHECKPOINT} "
-            "holds it: run the same command with --resume to continue")
-        return 128 + int(stop.signal or 0)
+        cause = signal.Signals(stop.signal).name if stop.signal else "a signal to another rank"
+        say(f"stopped at step {outcome.steps} by {cause}; {out / loop.CHECKPOINT} holds it: run "
+            "the same command with --resume to continue")
+        return 128 + (stop.signal or signal.SIGTERM)
     if not ranks.is_main:
         return 0
     result = training.finish(outcome)

@@ -238,6 +238,7 @@ def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None
     if ranks.launched:
         net = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
                                       find_unused_parameters=job.find_unused_parameters,
+                                      gradient_as_bucket_view=True,
                                       **_NO_BUFFER_SYNC)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
         else contextlib.nullcontext
