@@ -100,39 +100,27 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None
 
 
-class _SumWithGrad(torch.autograd.Function):
-    """The sum over ranks of a tensor; the backward sums the incoming gradients over ranks too."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        total = tensor.clone()
-        dist.all_reduce(total, group=group)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
 # torch.distributed.nn.functional has differentiable collectives, but 2.14 deprecates them in
-# favour of a private module; these two small Functions are all the loop needs.
+# favour of a private module; this small Function is all the loop needs.
 
-def sum_over_ranks(tensor: torch.Tensor, group: Any) -> torch.Tensor:
-    """Sum of `tensor` over all ranks of `group`, differentiable."""
-    return _SumWithGrad.apply(tensor, group)
-
-
-def gather_batch(local: torch.Tensor, shards: Sequence[Sequence[int]], group: Any) -> torch.Tensor:
-    """The global batch's rows (B, ...) in its own order, from each rank's rows (B / W, ...) at
-    the positions `shards[rank]`; gradients flow back to every rank's rows."""
-    stacked = _GatherWithGrad.apply(local, group)
+def gather_batch(outputs: Sequence[torch.Tensor], shards: Sequence[Sequence[int]],
+                 group: Any) -> tuple[torch.Tensor, ...]:
+    """The global batch's rows (B, ...) of each output, in the batch's own order, from each
+    rank's rows (B / W, ...) at the positions `shards[rank]`; gradients flow back to every
+    rank's rows. Outputs of one dtype travel in one collective."""
+    rows = outputs[0].shape[0]
+    if len({o.dtype for o in outputs}) == 1:
+        widths = [o[0].numel() for o in outputs]
+        flat = torch.cat([o.reshape(rows, -1) for o in outputs], dim=1)
+        parts = _GatherWithGrad.apply(flat, group).split(widths, dim=1)
+        stacked = [p.reshape(-1, *o.shape[1:]) for p, o in zip(parts, outputs, strict=True)]
+    else:
+        stacked = [_GatherWithGrad.apply(o, group) for o in outputs]
     positions = torch.tensor([p for shard in shards for p in shard])
     order = torch.empty_like(positions)
     order[positions] = torch.arange(len(positions))
-    return stacked[order.to(stacked.device)]
+    order = order.to(outputs[0].device)
+    return tuple(s[order] for s in stacked)
 
 
 def average_gradients(params: Sequence[torch.Tensor], group: Any) -> None:
@@ -168,8 +156,8 @@ class GlobalBatchNorm(_BatchNorm):
 
     torch's SyncBatchNorm does this on GPUs only; this one runs on any device (gloo on the CPU)
     and takes over the parameters and buffers of the BatchNorm it replaces, so state dicts load
-    either way. Statistics are computed in float32 in two passes (mean, then the centred sum of
-    squares), as a single process computes them on the whole batch.
+    either way. Statistics are in float32: each rank's mean and centred sum of squares, gathered
+    in one collective (one more in the backward) and combined into the global batch's.
     """
 
     def __init__(self, source: _BatchNorm, group: Any) -> None:
@@ -190,14 +178,19 @@ class GlobalBatchNorm(_BatchNorm):
             return super().forward(input)
         dims = [0, *range(2, input.dim())]
         shape = [1, -1] + [1] * (input.dim() - 2)
+        channels = input.shape[1]
         x = input.float()
-        count = x.new_tensor([x.numel() // x.shape[1]])
-        sums = sum_over_ranks(torch.cat([x.sum(dims), count]), self.group)
-        total = sums[-1].detach()
-        mean = sums[:-1] / total
-        centred = x - mean.view(shape)
-        var = sum_over_ranks(centred.square().sum(dims), self.group) / total
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        # each rank's count, mean and centred sum of squares in one gather; combined as in
+        # Chan et al.'s parallel variance, which stays accurate where E[x^2] - E[x]^2 would not
+        local_mean = x.mean(dims)
+        local_m2 = (x - local_mean.view(shape)).square().sum(dims)
+        count = x.new_tensor([x.numel() // channels])
+        stats = _GatherWithGrad.apply(torch.cat([local_mean, local_m2, count])[None], self.group)
+        means, m2s, counts = stats[:, :channels], stats[:, channels:-1], stats[:, -1:].detach()
+        total = counts.sum()
+        mean = (counts * means).sum(0) / total
+        var = (m2s.sum(0) + (counts * (means - mean).square()).sum(0)) / total
+        out = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:

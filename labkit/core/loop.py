@@ -202,7 +202,7 @@ def _step(job: TrainJob, net: nn.Module, batch: list[int], local: list[int],
     with autocast():
         outputs = net(images)
         if shards is not None:
-            outputs = tuple(D.gather_batch(o, shards, group) for o in outputs)
+            outputs = D.gather_batch(outputs, shards, group)
         loss = job.loss(outputs, job.data.labels[torch.as_tensor(batch, device=device)])
     job.optimizer.zero_grad(set_to_none=True)
     loss.backward()
