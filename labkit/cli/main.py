@@ -1,4 +1,4 @@
-"""The `labkit` command: reproduce, lab, bench, download."""
+"""The `labkit` command: reproduce, lab, bench, download, train."""
 
 from __future__ import annotations
 
@@ -12,12 +12,30 @@ BENCHMARKS = {
     "retrieval": "labkit.cli.bench_core:retrieval",
     "fit": "labkit.cli.bench_core:fit_overhead",
     "gsp": "labkit.cli.bench_gsp:main",
+    "train": "labkit.cli.bench_train:main",
 }
 
 
 def _load(target: str):
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """`labkit train`'s options (here, so that other commands need not import torch)."""
+    parser.add_argument("method", help="reponet, fdl, interchange, gsp or apfs")
+    parser.add_argument("--config", default="quick",
+                        help="a bundled config (quick, lab, paper) or a .toml file (default quick)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one config key (repeatable; the value is read as TOML)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default labkit-train/METHOD-CONFIG)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train at most N optimiser steps (default: the config's budget)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                        help="write checkpoint.pt every K steps (also at the end and on SIGTERM "
+                             "or Ctrl-C)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     download = sub.add_parser("download", help="download a torchvision dataset to LABKIT_DATA")
     download.add_argument("name", choices=["mnist", "fashion_mnist", "cifar10", "cifar100"])
 
+    train = sub.add_parser("train", help="train a method from a TOML config, in one process or "
+                                         "under torchrun (DDP), resumable")
+    add_train_arguments(train)
+
     # `jupyter lab` options look like ours, so the lab command takes the ones it does not know
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command != "lab":
@@ -73,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         _load(BENCHMARKS[args.name])(args.args)
         return 0
+    if args.command == "train":
+        from labkit.cli.train import run as train_run
+
+        return train_run(args)
     if args.command == "download":
         from labkit.core.data import load_dataset
 

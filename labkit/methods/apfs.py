@@ -511,7 +511,15 @@ class MetricLoss(nn.Module):
 
     def forward(self, model: nn.Module, images: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
-        emb = model_embedding(model, images).float()
+        return self.from_outputs(self.outputs(model, images), labels)
+
+    def outputs(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor]:
+        """What the loss needs per sample: (embeddings (B, d) in float32,)."""
+        return (model_embedding(model, images).float(),)
+
+    def from_outputs(self, outputs: tuple[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch's `outputs` (a distributed run gathers them from all ranks)."""
+        emb = outputs[0]
         if self.representatives:
             value = representative_loss(self.loss, emb, labels, self.representatives,
                                         self.miner, check=self.check and not emb.is_cuda)

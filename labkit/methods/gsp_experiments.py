@@ -88,11 +88,20 @@ class GSPTrainLoss(nn.Module):
         self.loss = loss
 
     def forward(self, model: Network, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.from_outputs(self.outputs(model, images), labels)
+
+    def outputs(self, model: Network, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the loss needs per sample: (unit embeddings (B, d),) and, with the zero-shot
+        loss, the prototype histograms (B, K)."""
         fmap = model.backbone(images)
         if self.loss.zsr is None:
-            return self.loss(F.normalize(model.neck(fmap), dim=1), labels)
+            return (F.normalize(model.neck(fmap), dim=1),)
         out = model.neck(fmap, return_maps=True)
-        return self.loss(F.normalize(out.pooled, dim=1), labels, out.histogram)
+        return F.normalize(out.pooled, dim=1), out.histogram
+
+    def from_outputs(self, outputs: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch's `outputs` (a distributed run gathers them from all ranks)."""
+        return self.loss(outputs[0], labels, *outputs[1:])
 
 
 def profile_settings() -> dict[str, Any]:
@@ -167,12 +176,10 @@ def build_model(cfg: Mapping[str, Any], in_channels: int, image_size: int) -> Ne
     return Network(backbone, neck, head=None)
 
 
-def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
-    """Train one configuration and evaluate it on the unseen classes (not cached)."""
-    config.seed_everything(int(cfg["seed"]))
-    train, test = load_split(cfg)
-    c, h, _ = train.image_shape
-    model = build_model(cfg, c, h)
+def make_training(cfg: Mapping[str, Any], model: Network, train: ArrayDataset,
+                  device: torch.device) -> tuple[GSPTrainLoss, list[dict[str, Any]], MPerClassBatches]:
+    """(loss_fn, param_groups, batch_sampler) of cfg; moves `model` to `device` and sets its
+    prototypes. `train_run` and `labkit train` both build their training here."""
     dml = dml_loss(cfg["loss"], train.num_classes, int(cfg["dim"]))
     zsr = None
     if cfg["variant"] == "gsp+zsr":
@@ -187,7 +194,6 @@ def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
         groups.append({"params": list(zsr.parameters())})
     sampler = MPerClassBatches(train.labels, int(cfg["m"]), int(cfg["classes_per_batch"]),
                                int(cfg["batches_per_epoch"]), seed=int(cfg["seed"]))
-    device = config.get_device()
     # Prototypes: k-centres of the first batch's local features, taken before training starts.
     model.to(device)
     with torch.no_grad():
@@ -196,9 +202,20 @@ def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
                                            seed=int(cfg["seed"]) + 10_000)))
         model.neck.init_prototypes(model.neck.local_features(
             model.backbone(train.images[first].to(device))))
-    history = fit(model, loss_fn, train, epochs=int(cfg["epochs"]), optimizer="adam", lr=lr,
-                  param_groups=groups, batch_sampler=sampler, device=device,
-                  seed=int(cfg["seed"]), progress=progress)
+    return loss_fn, groups, sampler
+
+
+def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
+    """Train one configuration and evaluate it on the unseen classes (not cached)."""
+    config.seed_everything(int(cfg["seed"]))
+    train, test = load_split(cfg)
+    c, h, _ = train.image_shape
+    model = build_model(cfg, c, h)
+    device = config.get_device()
+    loss_fn, groups, sampler = make_training(cfg, model, train, device)
+    history = fit(model, loss_fn, train, epochs=int(cfg["epochs"]), optimizer="adam",
+                  lr=float(cfg["lr"]), param_groups=groups, batch_sampler=sampler,
+                  device=device, seed=int(cfg["seed"]), progress=progress)
     emb = embed(model, test.images)
     metrics = retrieval_metrics(emb, test.labels, seed=int(cfg["seed"]))
     return {"config": dict(cfg), "metrics": metrics, "history": history.epochs,
