@@ -32,7 +32,7 @@ from typing import Any
 
 from labkit.core import distributed as D
 from labkit.core import loop
-from labkit.core.train import cache_path, cached, config_key
+from labkit.core.cache import cache_path, cached, config_key
 from labkit.methods.train_jobs import BUILDERS, CACHE_NAMES, RUNNERS, batch_shape, total_steps
 
 try:

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.core import config
+from labkit.core.cache import load_or_train
 from labkit.core.data import EMBEDDED, ArrayDataset, load_dataset
 from labkit.core.evaluate import model_accuracy
 from labkit.core.models import Network, build_network, lenetpp_options
-from labkit.core.train import History, fit, load_or_train
+from labkit.core.train import History, fit
 
 
 @dataclass

@@ -9,7 +9,7 @@ evaluates retrieval on the unseen classes with `labkit.core.evaluate.retrieval_m
   sample-to-representative pairs, plus the proximal term with the anchor reset every T steps;
 - apfs+mining: the same with hard class mining from the representatives' embeddings.
 
-Runs are cached by config (`labkit.core.train.cached`), so a notebook re-draws without retraining.
+Runs are cached by config (`labkit.core.cache.cached`), so a notebook re-draws without retraining.
 The protocol, the defaults per profile and the deviations from the paper: docs/methods/apfs.md;
 what was measured: docs/findings/05_alternating_projections.md.
 """
@@ -31,7 +31,8 @@ from labkit.core import config
 from labkit.core.data import ArrayDataset, load_dataset, zero_shot_split
 from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.models import FlattenLinear, Network, PooledLinear, build_backbone, map_shape
-from labkit.core.train import cached, fit
+from labkit.core.cache import cached
+from labkit.core.train import fit
 from labkit.methods.apfs import (
     LOSS_NAMES,
     MINER_NAMES,

@@ -3,7 +3,7 @@
 Every run (one dataset, k images per class, seed, lambda pair) trains a classical or an FDL
 ensemble jointly, fits the feature-fusion head, and records test accuracies of every combiner
 plus how much the members' attention overlaps. Runs are cached one by one with
-`labkit.core.train.cached`, so re-opening the notebook re-draws without retraining and an
+`labkit.core.cache.cached`, so re-opening the notebook re-draws without retraining and an
 interrupted sweep resumes where it stopped.
 
 Protocol notes (the main differences from the authors' code; docs/methods/fdl.md lists all):
@@ -33,7 +33,8 @@ from torch import nn
 from labkit.core import config
 from labkit.core.data import ArrayDataset, load_dataset
 from labkit.core.models import build_network, eval_mode, he_uniform_
-from labkit.core.train import cached, fit
+from labkit.core.cache import cached
+from labkit.core.train import fit
 from labkit.methods import fdl
 
 COMBINERS = ("mean_member", "soft_vote", "hard_vote", "fusion")

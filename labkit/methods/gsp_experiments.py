@@ -4,7 +4,7 @@ Every run trains a backbone + pooling neck with a pytorch-metric-learning loss o
 classes and evaluates retrieval (recall@K, MAP@R, NMI via ``labkit.core.evaluate``) on the
 unseen test classes. "gap" is the same network with ``GSP(mu=1)``, which is exactly global
 average pooling followed by the 1x1 projection, so the comparison isolates the pooling.
-Results are cached by config (``labkit.core.train.cached``); re-running only re-draws. The
+Results are cached by config (``labkit.core.cache.cached``); re-running only re-draws. The
 protocol, its defaults per profile and how it departs from the authors' are in
 docs/methods/gsp.md; what the stored runs showed is in docs/findings/04_generalized_sum_pooling.md.
 """
@@ -24,7 +24,8 @@ from labkit.core import config
 from labkit.core.data import ArrayDataset, load_dataset, zero_shot_split
 from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.models import Network, build_backbone, map_shape
-from labkit.core.train import cached, fit
+from labkit.core.cache import cached
+from labkit.core.train import fit
 from labkit.methods.gsp import GSP, GSPMetricLoss, ZeroShotPredictionLoss
 
 LOSSES = ("contrastive", "triplet", "multi_similarity", "proxy_anchor")

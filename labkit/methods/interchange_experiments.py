@@ -6,7 +6,7 @@ docs/findings/03_embedding_interchangeability.md).
 The zoo: several small architectures x seeds, all ending in
 embedding (d) -> Linear(d, C) with a bias, trained with cross-entropy on the same classes
 (`mnist5k` in the quick/lab profiles, CIFAR-10 in full). Each member's train and test
-embeddings are cached (`labkit.core.train.cached`), so re-running a notebook re-draws without
+embeddings are cached (`labkit.core.cache.cached`), so re-running a notebook re-draws without
 retraining. The open-set zoo is trained with a CosFace head (pytorch-metric-learning) on the
 first classes only and evaluated on the others, like a face-recognition network on new people.
 
@@ -34,7 +34,8 @@ from labkit.core import config
 from labkit.core.data import ArrayDataset, load_dataset
 from labkit.core.evaluate import embed
 from labkit.core.models import FlattenLinear, Network, PooledLinear, build_network, map_shape
-from labkit.core.train import cached, fit
+from labkit.core.cache import cached
+from labkit.core.train import fit
 from labkit.methods import interchange as ic
 
 __all__ = [

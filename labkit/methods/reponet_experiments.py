@@ -26,7 +26,8 @@ from torch import nn
 from labkit.core import config, evaluate
 from labkit.core.data import ArrayDataset, load_dataset
 from labkit.core.models import Network, build_network, lenetpp_options
-from labkit.core.train import cached, fit
+from labkit.core.cache import cached
+from labkit.core.train import fit
 from labkit.methods import reponet as rp
 
 HEADS = ("learned", "center", "simplex", "cube", "orthoplex", "polygon", "hadamard")

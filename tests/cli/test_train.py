@@ -22,7 +22,7 @@ import torch
 
 from labkit.cli import train as cli
 from labkit.core import loop
-from labkit.core.train import cache_path
+from labkit.core.cache import cache_path
 from labkit.methods import train_jobs
 
 PROFILE_OF = {"quick": "quick", "lab": "lab", "paper": "full"}
