@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from labkit.core import config
 from labkit.core.train import History
 from labkit.methods import reponet as rp
 
@@ -31,3 +32,11 @@ def _fake_reponet_run(kind: str = "simplex", k: int = 4, d: int = 3, fixed: bool
 def fake_run():
     """The factory `fake_run(kind, k, d, fixed, epochs)` of synthetic notebook-01 runs."""
     return _fake_reponet_run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: their tensors are tiny, and on two cores shared
+    with other work more threads only contend (as torchrun gives each rank one thread)."""
+    with config.cpu_threads(1):
+        yield

@@ -8,9 +8,10 @@ progress bar off (`labkit reproduce` sets it, so stored notebooks carry no froze
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -61,6 +62,26 @@ def get_device() -> torch.device:
             raise ValueError(f"LABKIT_DEVICE={requested!r} but CUDA is not available here")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def small_cpu_thread_cap(device: torch.device) -> int | None:
+    """1 on a CPU of at most 4 cores, else None (no cap): the lab's tiny convolutions gain
+    nothing from more intra-op threads there, and OpenMP threads spinning against other
+    processes made steps about 10x slower."""
+    return 1 if device.type == "cpu" and (os.cpu_count() or 1) <= 4 else None
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[int]:
+    """torch's intra-op threads capped at `count` inside the block (None: left as they are),
+    restored afterwards; yields the count in force."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(int(count))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:

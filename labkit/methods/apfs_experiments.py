@@ -28,10 +28,10 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from torch import nn
 
 from labkit.core import config
+from labkit.core.cache import cached
 from labkit.core.data import ArrayDataset, load_dataset, zero_shot_split
 from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.models import FlattenLinear, Network, PooledLinear, build_backbone, map_shape
-from labkit.core.cache import cached
 from labkit.core.train import fit
 from labkit.methods.apfs import (
     LOSS_NAMES,

@@ -19,10 +19,8 @@ without both, as the lab did before, to show what the authors' regularisation do
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,9 +29,9 @@ import torch
 from torch import nn
 
 from labkit.core import config
+from labkit.core.cache import cached
 from labkit.core.data import ArrayDataset, load_dataset
 from labkit.core.models import build_network, eval_mode, he_uniform_
-from labkit.core.cache import cached
 from labkit.core.train import fit
 from labkit.methods import fdl
 
@@ -233,24 +231,9 @@ def run_config(settings: dict[str, Any], *, k: int, seed: int, lambda_cos: float
     return cfg
 
 
-@contextlib.contextmanager
-def few_cpu_threads(device: torch.device):
-    """One intra-op thread on small shared CPUs (<= 4 cores): these tiny convs gain nothing from
-    more, and OpenMP threads spinning against other processes made steps ~10x slower here."""
-    if device.type != "cpu" or (os.cpu_count() or 1) > 4:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     device = config.get_device()
-    with few_cpu_threads(device):
+    with config.cpu_threads(config.small_cpu_thread_cap(device)):
         return _run_on(cfg, device)
 
 

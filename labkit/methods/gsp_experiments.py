@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.core import config
+from labkit.core.cache import cached
 from labkit.core.data import ArrayDataset, load_dataset, zero_shot_split
 from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.models import Network, build_backbone, map_shape
-from labkit.core.cache import cached
 from labkit.core.train import fit
 from labkit.methods.gsp import GSP, GSPMetricLoss, ZeroShotPredictionLoss
 

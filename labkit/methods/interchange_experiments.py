@@ -17,7 +17,6 @@ and `MobileNetLite` (depthwise-separable convolutions).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -31,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.core import config
+from labkit.core.cache import cached
 from labkit.core.data import ArrayDataset, load_dataset
 from labkit.core.evaluate import embed
 from labkit.core.models import FlattenLinear, Network, PooledLinear, build_network, map_shape
-from labkit.core.cache import cached
 from labkit.core.train import fit
 from labkit.methods import interchange as ic
 
@@ -45,7 +44,6 @@ __all__ = [
     "MobileNetLite",
     "build_zoo_network",
     "zoo_settings",
-    "use_cpu_threads",
     "ZooMember",
     "Zoo",
     "train_member",
@@ -184,16 +182,6 @@ def zoo_settings() -> dict[str, Any]:
     )
 
 
-def use_cpu_threads(settings: Mapping[str, Any] | None = None) -> int:
-    """Apply the profile's `cpu_threads` to torch for this process when running on the CPU
-    (the map fits are many small SVDs, hit as hard by an oversubscribed pool as training);
-    returns torch's thread count afterwards."""
-    settings = settings if settings is not None else zoo_settings()
-    if settings.get("cpu_threads") and config.get_device().type == "cpu":
-        torch.set_num_threads(int(settings["cpu_threads"]))
-    return torch.get_num_threads()
-
-
 def _member_config(settings: Mapping[str, Any], arch: str, seed: int, dim: int, kind: str,
                    epochs: int) -> dict[str, Any]:
     keys = ("dataset", "batch_size", "optimizer", "lr", "schedule")
@@ -297,18 +285,6 @@ def _open_data(settings: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]
     return seen, unseen
 
 
-@contextlib.contextmanager
-def _cpu_threads(count: int | None):
-    """Temporarily cap torch's intra-op threads (None: leave as is)."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _cross_entropy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(images), labels)
 
@@ -352,7 +328,7 @@ def train_member(arch: str, seed: int, *, settings: Mapping[str, Any] | None = N
                                 **cfg["arch_options"])
         loss_fn = _cross_entropy if kind == "closed" else _CosFaceObjective(train.num_classes, dim)
         threads = settings.get("cpu_threads") if config.get_device().type == "cpu" else None
-        with _cpu_threads(threads):
+        with config.cpu_threads(threads):
             history = fit(net, loss_fn, train, epochs=int(epochs), batch_size=settings["batch_size"],
                           optimizer=settings["optimizer"], lr=settings["lr"],
                           schedule=settings["schedule"], seed=seed, progress=progress)

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.core import config, evaluate
+from labkit.core.cache import cached
 from labkit.core.data import ArrayDataset, load_dataset
 from labkit.core.models import Network, build_network, lenetpp_options
-from labkit.core.cache import cached
 from labkit.core.train import fit
 from labkit.methods import reponet as rp
 

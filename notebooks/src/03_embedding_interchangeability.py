@@ -40,7 +40,9 @@ from labkit.widgets import interchange as wid
 plt.rcParams["figure.dpi"] = 72  # keeps the stored PNGs small
 print(config.describe())
 settings = ex.zoo_settings()
-print("torch threads:", ex.use_cpu_threads(settings))
+if settings["cpu_threads"] and config.get_device().type == "cpu":
+    torch.set_num_threads(settings["cpu_threads"])  # the map fits are many small SVDs
+print("torch threads:", torch.get_num_threads())
 for key, value in settings.items():
     print(f"{key:>22}: {value}")
 

@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from labkit.cli import train as cli
 from labkit.core import loop
@@ -31,14 +30,7 @@ DDP_RUNS = {"gsp": ["--set", "batches_per_epoch=4"],
             "apfs": ["--set", "classes_per_batch=4", "--steps", "6"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread, as torchrun gives each of its ranks: on two cores shared with other work,
-    two threads stall (10x slower steps here) and the comparison is like for like."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

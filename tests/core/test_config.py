@@ -104,3 +104,20 @@ def test_progress_bar_honours_the_flag_and_labkit_progress(monkeypatch, progress
     bar = config.progress_bar(range(3), progress, desc="t")
     assert bar.disable is (not shown)  # before iterating: a finished bar reports disabled
     assert list(bar) == [0, 1, 2]
+
+
+def test_cpu_threads_caps_inside_the_block_and_restores():
+    before = torch.get_num_threads()
+    with config.cpu_threads(1) as inside:
+        assert inside == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with config.cpu_threads(None) as inside:
+        assert inside == before
+
+
+def test_small_cpu_thread_cap(monkeypatch):
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 2)
+    assert config.small_cpu_thread_cap(torch.device("cpu")) == 1
+    assert config.small_cpu_thread_cap(torch.device("cuda")) is None
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 32)
+    assert config.small_cpu_thread_cap(torch.device("cpu")) is None

@@ -7,6 +7,7 @@ import torch
 from pytorch_metric_learning import miners
 from torch import nn
 
+from labkit.core import config
 from labkit.core.data import ArrayDataset
 from labkit.methods import apfs_experiments as X
 from labkit.methods.apfs import ProximalRegularizer, RepresentativeBatchSampler
@@ -30,10 +31,8 @@ def _quick(monkeypatch, tmp_path):
     monkeypatch.setenv("LABKIT_PROFILE", "quick")
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LABKIT_DEVICE", "cpu")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with config.cpu_threads(1):
+        yield
 
 
 def test_run_config_validates():

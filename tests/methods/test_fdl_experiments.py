@@ -67,13 +67,6 @@ def test_summaries_are_exact():
     assert "0.400±0.00" in table and "0.600±0.14" in table
 
 
-def test_few_cpu_threads_restores_the_thread_count():
-    before = torch.get_num_threads()
-    with fx.few_cpu_threads(torch.device("cpu")):
-        pass
-    assert torch.get_num_threads() == before
-
-
 def test_epochs_cover_the_step_budget():
     assert fx._epochs_for(100, 30, 10) == (34, 10)  # 3 steps per epoch
     assert fx._epochs_for(100, 1000, 10) == (1, 10)

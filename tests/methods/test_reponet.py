@@ -13,13 +13,7 @@ from labkit.methods import reponet as rp
 TOL = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: extra threads only contend with other processes on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pairwise_cos(w: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from labkit.core import config
 from labkit.methods import reponet as rp
 from labkit.methods import reponet_experiments as rx
 
@@ -12,10 +13,8 @@ def quick(monkeypatch, tmp_path):
     monkeypatch.setenv("LABKIT_PROFILE", "quick")
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
     monkeypatch.setenv("LABKIT_DEVICE", "cpu")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with config.cpu_threads(1):
+        yield
 
 
 def test_run_config_validates():
