@@ -406,20 +406,49 @@ def load_dataset(name: str, split: str = "train", *, seed: int = 0, download: bo
     return _folder_set(key, split, base, image_size, transform)
 
 
-def zero_shot_split(name: str = "mnist5k", num_train_classes: int | None = None,
-                    **options) -> tuple[ArrayDataset, ArrayDataset]:
+def load_memoised(name: str, split: str = "train", image_size: int = 224) -> ArrayDataset:
+    """`load_dataset(name, split)` in memory (a folder set read whole), kept for the life of the
+    process: a sweep or a zoo reads its data once, not once per run. Every `ArrayDataset`
+    method returns a new dataset; never modify the returned one in place."""
+    return _load_memoised(name, split, image_size, config.data_root())
+
+
+@functools.lru_cache(maxsize=8)
+def _load_memoised(name: str, split: str, image_size: int, root: Path) -> ArrayDataset:
+    # the data root is part of the key: another LABKIT_DATA is another dataset
+    dataset = load_dataset(name, split, image_size=image_size, root=root)
+    return dataset if isinstance(dataset, ArrayDataset) else dataset.load_all()
+
+
+def zero_shot_split(name: str = "mnist5k", num_train_classes: int | None = None
+                    ) -> tuple[ArrayDataset, ArrayDataset]:
     """All images of an in-memory dataset split by class (metric learning's zero-shot protocol).
 
     The first `num_train_classes` classes (default: half) train, the rest test; both relabelled
-    from 0. For `mnist5k`: digits 0-4 (2,500 images) and 5-9 (2,500 images).
+    from 0. For `mnist5k`: digits 0-4 (2,500 images) and 5-9 (2,500 images). Memoised, as
+    `load_memoised`.
     """
+    return _zero_shot_split(name, num_train_classes, config.data_root())
+
+
+@functools.lru_cache(maxsize=4)
+def _zero_shot_split(name: str, num_train_classes: int | None, root: Path
+                     ) -> tuple[ArrayDataset, ArrayDataset]:
     if name not in IN_MEMORY:
         raise ValueError(f"zero_shot_split needs an in-memory dataset ({', '.join(IN_MEMORY)}); "
                          f"for {name!r} use load_dataset, which already splits by class")
-    parts = [load_dataset(name, split, **options) for split in SPLITS]
+    parts = [load_memoised(name, split) for split in SPLITS]
     full = ArrayDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
                         parts[0].classes, name)
     k = full.num_classes // 2 if num_train_classes is None else num_train_classes
     if not 1 <= k < full.num_classes:
         raise ValueError(f"num_train_classes must be in 1..{full.num_classes - 1}, got {k}")
     return full.subset_classes(range(k)), full.subset_classes(range(k, full.num_classes))
+
+
+def class_disjoint_split(name: str, image_size: int = 224) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) with disjoint classes, in memory: a folder set's standard halves
+    (CUB-200-2011, Cars196, SOP), or `zero_shot_split` of an in-memory set."""
+    if name in IN_MEMORY:
+        return zero_shot_split(name)
+    return load_memoised(name, "train", image_size), load_memoised(name, "test", image_size)

@@ -16,7 +16,6 @@ what was measured: docs/findings/05_alternating_projections.md.
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,7 +28,7 @@ from torch import nn
 
 from labkit.core import config
 from labkit.core.cache import cached
-from labkit.core.data import ArrayDataset, load_dataset, zero_shot_split
+from labkit.core.data import ArrayDataset, class_disjoint_split
 from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.models import FlattenLinear, Network, PooledLinear, build_backbone, map_shape
 from labkit.core.train import fit
@@ -135,18 +134,9 @@ def run_config(loss: str, variant: str, seed: int = 0, **overrides: Any) -> dict
     return cfg
 
 
-@functools.lru_cache(maxsize=2)
-def _split(name: str, image_size: int) -> tuple[ArrayDataset, ArrayDataset]:
-    # loading mnist5k takes seconds; an ablation asks for it dozens of times
-    if name in FOLDER_SETS:
-        return (load_dataset(name, "train", image_size=image_size).load_all(),
-                load_dataset(name, "test", image_size=image_size).load_all())
-    return zero_shot_split(name)
-
-
 def load_split(cfg: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) with disjoint classes: mnist5k digits 0-4 / 5-9, or a folder set's halves."""
-    train, test = _split(cfg["dataset"], int(cfg["image_size"]))
+    train, test = class_disjoint_split(cfg["dataset"], int(cfg["image_size"]))
     if cfg.get("train_per_class"):
         train = train.k_per_class(int(cfg["train_per_class"]), seed=int(cfg["seed"]))
     if cfg.get("test_per_class"):
@@ -337,7 +327,7 @@ def geometry_settings() -> dict[str, Any]:
 
 def _geometry_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     config.seed_everything(int(cfg["seed"]))
-    train, _ = _split("mnist5k", 28)
+    train, _ = class_disjoint_split("mnist5k", 28)
     train = train.k_per_class(int(cfg["per_class"]), seed=int(cfg["seed"]))
     model = build_model({"arch": "tiny", "widths": cfg["widths"], "dim": 2}, 1, 28)
     t = int(cfg["lifetime"])

@@ -19,7 +19,6 @@ without both, as the lab did before, to show what the authors' regularisation do
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from torch import nn
 
 from labkit.core import config
 from labkit.core.cache import cached
-from labkit.core.data import ArrayDataset, load_dataset
+from labkit.core.data import ArrayDataset, load_memoised
 from labkit.core.models import build_network, eval_mode, he_uniform_
 from labkit.core.train import fit
 from labkit.methods import fdl
@@ -98,14 +97,10 @@ def member_factory(widths: Sequence[int], num_classes: int, in_channels: int, im
     return build
 
 
-@functools.lru_cache(maxsize=4)
 def load_split(dataset: str, test_size: int | None, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """(train pool, test set); the test set is a fixed stratified subset when `test_size` is set.
-
-    Memoised in-process: a sweep loads the data once, not once per run (callers never mutate it).
-    """
-    train = load_dataset(dataset, "train")
-    test = load_dataset(dataset, "test")
+    """(train pool, test set); the test set is a fixed stratified subset when `test_size` is set."""
+    train = load_memoised(dataset, "train")
+    test = load_memoised(dataset, "test")
     if test_size is not None and test_size < len(test):
         per_class = max(1, test_size // test.num_classes)
         test = test.k_per_class(per_class, seed=seed)

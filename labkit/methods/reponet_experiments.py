@@ -14,7 +14,6 @@ outside the notebook are in `docs/findings/01_regular_polytope_networks.md`.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from torch import nn
 
 from labkit.core import config, evaluate
 from labkit.core.cache import cached
-from labkit.core.data import ArrayDataset, load_dataset
+from labkit.core.data import ArrayDataset, load_memoised
 from labkit.core.models import Network, build_network, lenetpp_options
 from labkit.core.train import fit
 from labkit.methods import reponet as rp
@@ -172,16 +171,10 @@ class CollapseTracker:
             row.update(self.measures(state.history.snapshots[-1]))
 
 
-@functools.lru_cache(maxsize=4)
-def _dataset(name: str, split: str) -> ArrayDataset:
-    # load_dataset re-parses mnist5k's text file on every call (10-20 s on a busy CPU)
-    return load_dataset(name, split)
-
-
 def load_data(cfg: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
     """(train, test, probe) for the run's classes; probe = a seeded per-class subset of train."""
-    train = _dataset(cfg["dataset"], "train").subset_classes(cfg["classes"])
-    test = _dataset(cfg["dataset"], "test").subset_classes(cfg["classes"])
+    train = load_memoised(cfg["dataset"], "train").subset_classes(cfg["classes"])
+    test = load_memoised(cfg["dataset"], "test").subset_classes(cfg["classes"])
     if cfg["train_per_class"]:
         train = train.k_per_class(cfg["train_per_class"], seed=cfg["seed"])
     if cfg["test_per_class"]:

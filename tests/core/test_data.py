@@ -444,3 +444,14 @@ def test_sop_missing(tmp_path):
 def test_image_folder_dataset_checks_lengths():
     with pytest.raises(ValueError):
         ImageFolderDataset([Path("a.jpg")], torch.tensor([0, 1]), ["x", "y"], None)
+
+
+def test_memoised_loads_are_loaded_once_per_data_root(monkeypatch, tmp_path):
+    first = data.load_memoised("digits", "train")
+    assert data.load_memoised("digits", "train") is first
+    assert data.zero_shot_split("digits") is data.zero_shot_split("digits")
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
+    assert data.load_memoised("digits", "train") is not first
+    seen, unseen = data.class_disjoint_split("digits")
+    assert set(seen.labels.tolist()) == set(range(5)) == set(unseen.labels.tolist())
+    assert torch.equal(seen.images, data.zero_shot_split("digits")[0].images)

@@ -27,7 +27,7 @@ def _digits_like(seed: int, offset: int) -> ArrayDataset:
 @pytest.fixture(autouse=True)
 def _quick(monkeypatch, tmp_path):
     # the runners' data entry point, replaced by synthetic images so tests take seconds
-    monkeypatch.setattr(X, "_split", lambda name, size: (_digits_like(0, 0), _digits_like(1, 5)))
+    monkeypatch.setattr(X, "class_disjoint_split", lambda name, size: (_digits_like(0, 0), _digits_like(1, 5)))
     monkeypatch.setenv("LABKIT_PROFILE", "quick")
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LABKIT_DEVICE", "cpu")
