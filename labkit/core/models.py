@@ -245,12 +245,84 @@ class PooledLinear(nn.Module):
         return self.linear(pooled)
 
 
+# ----------------------------------------------------------------------------- small trunks
+
+class MLPTrunk(nn.Module):
+    """Flatten + `depth` x (Linear + ReLU); returns (B, width, 1, 1) so a pooled neck follows."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, width: int = 256,
+                 depth: int = 2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = in_channels * image_size * image_size
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), nn.ReLU()]
+            fan_in = width
+        self.body = nn.Sequential(*layers)
+        self.out_channels = width
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)[:, :, None, None]
+
+
+class LeNet5Trunk(nn.Sequential):
+    """LeNet-5's convolutions: 5x5 conv (6) + ReLU + max-pool, 5x5 conv (16) + ReLU + max-pool.
+
+    28x28 inputs (padded by 2 as in the original 32x32) give a (16, 5, 5) map."""
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+        self.out_channels = 16
+
+
+def _separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class MobileNetLite(nn.Sequential):
+    """A small MobileNet-v1: a 3x3 stem, then depthwise-separable blocks (3x3 depthwise + 1x1
+    pointwise, BN + ReLU each) with widths `widths` and stride 2 at the first, second and last."""
+
+    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (16, 32, 64, 128, 128)) -> None:
+        widths = list(widths)
+        if len(widths) < 2:
+            raise ValueError(f"MobileNetLite needs a stem width and >= 1 block width, got {widths}")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        strided = {1, 2, len(widths) - 1}
+        for i in range(1, len(widths)):
+            layers += _separable(widths[i - 1], widths[i], 2 if i in strided else 1)
+        super().__init__(*layers)
+        self.out_channels = widths[-1]
+
+
+class TinyTrunk(nn.Sequential):
+    """Three stride-2 conv3x3-BN-ReLU blocks (28x28 -> 4x4): a CPU-sized backbone.
+
+    Our choice for the lab profile on a shared 2-core CPU (about 3x cheaper per step than the
+    slimmest SmallVGG); the comparison is between samplers and losses, not backbones.
+    """
+
+    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (16, 32, 64)) -> None:
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for width in widths:
+            layers += [nn.Conv2d(cin, width, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(width), nn.ReLU()]
+            cin = width
+        super().__init__(*layers)
+        self.out_channels = cin
+
+
 # ----------------------------------------------------------------------------- factory
 
-ARCHS = ("lenetpp", "vgg", "resnet20", "resnet18", "resnet50")
+ARCHS = ("lenetpp", "vgg", "resnet20", "resnet18", "resnet50", "mlp", "lenet5", "mobilenet", "tiny")
 
 
 def build_backbone(arch: str, in_channels: int, image_size: int = 28, **options) -> nn.Module:
+    """The backbone `arch` (see `ARCHS`): images (B, C, H, W) -> a map (B, out_channels, h, w)."""
     if arch == "lenetpp":
         return LeNetPPTrunk(in_channels, **options)
     if arch == "vgg":
@@ -259,6 +331,14 @@ def build_backbone(arch: str, in_channels: int, image_size: int = 28, **options)
         return CifarResNet(in_channels, depth=20, **options)
     if arch in ("resnet18", "resnet50"):
         return TorchvisionResNet(int(arch[6:]), in_channels, small_input=image_size <= 64, **options)
+    if arch == "mlp":
+        return MLPTrunk(in_channels, image_size, **options)
+    if arch == "lenet5":
+        return LeNet5Trunk(in_channels, **options)
+    if arch == "mobilenet":
+        return MobileNetLite(in_channels, **options)
+    if arch == "tiny":
+        return TinyTrunk(in_channels, **options)
     raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
 
 

@@ -46,24 +46,6 @@ VARIANTS = ("baseline", "apfs", "apfs+mining")
 FOLDER_SETS = ("cub200", "cars196", "sop")
 
 
-class TinyTrunk(nn.Sequential):
-    """Three stride-2 conv3x3-BN-ReLU blocks (28x28 -> 4x4): a CPU-sized backbone.
-
-    Our choice for the lab profile on a shared 2-core CPU (about 3x cheaper per step than the
-    slimmest SmallVGG); the comparison is between samplers and losses, not backbones.
-    """
-
-    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (16, 32, 64)) -> None:
-        layers: list[nn.Module] = []
-        cin = in_channels
-        for width in widths:
-            layers += [nn.Conv2d(cin, width, 3, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(width), nn.ReLU()]
-            cin = width
-        super().__init__(*layers)
-        self.out_channels = cin
-
-
 class MPerClassBatches:
     """pytorch-metric-learning's `MPerClassSampler` cut into `fit`'s index lists.
 
@@ -147,7 +129,7 @@ def load_split(cfg: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
 def build_model(cfg: Mapping[str, Any], in_channels: int, image_size: int) -> Network:
     """Backbone + linear embedding of `dim` (no classifier head)."""
     if cfg["arch"] == "tiny":
-        backbone: nn.Module = TinyTrunk(in_channels, tuple(cfg["widths"]))
+        backbone = build_backbone("tiny", in_channels, image_size, widths=tuple(cfg["widths"]))
         c, h, w = map_shape(backbone, in_channels, image_size)
         return Network(backbone, FlattenLinear(c * h * w, int(cfg["dim"])), head=None)
     options = {"widths": tuple(cfg["widths"])} if cfg.get("widths") else {}

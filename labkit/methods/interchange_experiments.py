@@ -9,10 +9,7 @@ embedding (d) -> Linear(d, C) with a bias, trained with cross-entropy on the sam
 embeddings are cached (`labkit.core.cache.cached`), so re-running a notebook re-draws without
 retraining. The open-set zoo is trained with a CosFace head (pytorch-metric-learning) on the
 first classes only and evaluated on the others, like a face-recognition network on new people.
-
-Two backbones that core lacks live here and follow core's backbone contract (images -> map
-(B, C, H, W) with `.out_channels`): `MLPTrunk` (its "map" is (B, width, 1, 1)), `LeNet5Trunk`
-and `MobileNetLite` (depthwise-separable convolutions).
+The zoo's small backbones (MLP, LeNet-5, MobileNet-lite) are core's (`core.models`).
 """
 
 from __future__ import annotations
@@ -33,15 +30,19 @@ from labkit.core import config
 from labkit.core.cache import cached
 from labkit.core.data import ArrayDataset, load_memoised, zero_shot_split
 from labkit.core.evaluate import embed
-from labkit.core.models import FlattenLinear, Network, PooledLinear, build_network, map_shape
+from labkit.core.models import (
+    FlattenLinear,
+    Network,
+    PooledLinear,
+    build_backbone,
+    build_network,
+    map_shape,
+)
 from labkit.core.train import fit
 from labkit.methods import interchange as ic
 
 __all__ = [
     "ZOO_ARCHS",
-    "MLPTrunk",
-    "LeNet5Trunk",
-    "MobileNetLite",
     "build_zoo_network",
     "zoo_settings",
     "ZooMember",
@@ -69,58 +70,7 @@ __all__ = [
 ZOO_ARCHS = ("mlp", "lenet5", "mobilenet", "vgg", "resnet20")
 
 
-# ----------------------------------------------------------------------------- zoo backbones
-
-class MLPTrunk(nn.Module):
-    """Flatten + `depth` x (Linear + ReLU); returns (B, width, 1, 1) so a pooled neck follows."""
-
-    def __init__(self, in_channels: int = 1, image_size: int = 28, width: int = 256,
-                 depth: int = 2) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        fan_in = in_channels * image_size * image_size
-        for _ in range(depth):
-            layers += [nn.Linear(fan_in, width), nn.ReLU()]
-            fan_in = width
-        self.body = nn.Sequential(*layers)
-        self.out_channels = width
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images)[:, :, None, None]
-
-
-class LeNet5Trunk(nn.Sequential):
-    """LeNet-5's convolutions: 5x5 conv (6) + ReLU + max-pool, 5x5 conv (16) + ReLU + max-pool.
-
-    28x28 inputs (padded by 2 as in the original 32x32) give a (16, 5, 5) map."""
-
-    def __init__(self, in_channels: int = 1) -> None:
-        super().__init__(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
-        self.out_channels = 16
-
-
-def _separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
-            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-
-class MobileNetLite(nn.Sequential):
-    """A small MobileNet-v1: a 3x3 stem, then depthwise-separable blocks (3x3 depthwise + 1x1
-    pointwise, BN + ReLU each) with widths `widths` and stride 2 at the first, second and last."""
-
-    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (16, 32, 64, 128, 128)) -> None:
-        widths = list(widths)
-        if len(widths) < 2:
-            raise ValueError(f"MobileNetLite needs a stem width and >= 1 block width, got {widths}")
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-                                   nn.BatchNorm2d(widths[0]), nn.ReLU()]
-        strided = {1, 2, len(widths) - 1}
-        for i in range(1, len(widths)):
-            layers += _separable(widths[i - 1], widths[i], 2 if i in strided else 1)
-        super().__init__(*layers)
-        self.out_channels = widths[-1]
-
+# ----------------------------------------------------------------------------- zoo networks
 
 def build_zoo_network(arch: str, in_channels: int = 1, num_classes: int = 10, feat_dim: int = 32,
                       *, image_size: int = 28, head: str | None = "linear",
@@ -128,7 +78,7 @@ def build_zoo_network(arch: str, in_channels: int = 1, num_classes: int = 10, fe
     """A zoo `Network`: backbone -> embedding (feat_dim) -> Linear(feat_dim, C) *with* a bias
     (the closed-form map carries biases), or no head (`head=None`, open-set training).
 
-    arch: "mlp", "lenet5", "mobilenet" (defined here) or "vgg", "resnet20" (core's builders).
+    arch: "mlp", "lenet5", "mobilenet", "vgg" or "resnet20" (`core.models.build_backbone`).
     """
     if arch not in ZOO_ARCHS:
         raise ValueError(f"unknown zoo architecture {arch!r}; known: {', '.join(ZOO_ARCHS)}")
@@ -138,12 +88,7 @@ def build_zoo_network(arch: str, in_channels: int = 1, num_classes: int = 10, fe
     if arch in ("vgg", "resnet20"):
         return build_network(arch, in_channels, num_classes, feat_dim, image_size=image_size,
                              head=head_module, **arch_options)
-    if arch == "mlp":
-        backbone: nn.Module = MLPTrunk(in_channels, image_size, **arch_options)
-    elif arch == "lenet5":
-        backbone = LeNet5Trunk(in_channels, **arch_options)
-    else:
-        backbone = MobileNetLite(in_channels, **arch_options)
+    backbone = build_backbone(arch, in_channels, image_size, **arch_options)
     channels, height, width = map_shape(backbone, in_channels, image_size)
     if arch == "lenet5":
         neck: nn.Module = FlattenLinear(channels * height * width, feat_dim)

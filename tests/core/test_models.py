@@ -209,3 +209,18 @@ def test_he_uniform_matches_keras_bounds():
     assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.99 * bound
     assert layer.weight.std().item() == pytest.approx((2 / 600) ** 0.5, rel=0.02)
     assert not layer.bias.any()
+
+
+def test_mobilenet_lite_is_depthwise_separable():
+    net = models.build_backbone("mobilenet", 1, widths=(8, 16, 32))
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    depthwise = [c for c in convs if c.groups > 1]
+    assert len(depthwise) == 2 and all(c.groups == c.in_channels == c.out_channels for c in depthwise)
+    assert all(c.kernel_size == (1, 1) for c in convs[2::2])  # pointwise after each depthwise
+
+
+@pytest.mark.parametrize("arch,shape", [("mlp", (256, 1, 1)), ("lenet5", (16, 5, 5)),
+                                        ("mobilenet", (128, 4, 4)), ("tiny", (64, 4, 4))])
+def test_small_trunks_give_the_documented_maps(arch, shape):
+    backbone = models.build_backbone(arch, 1, 28)
+    assert models.map_shape(backbone, 1, 28) == shape and backbone.out_channels == shape[0]
