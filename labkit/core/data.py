@@ -13,7 +13,7 @@ import functools
 import gzip
 import pickle
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -452,3 +452,37 @@ def class_disjoint_split(name: str, image_size: int = 224) -> tuple[ArrayDataset
     if name in IN_MEMORY:
         return zero_shot_split(name)
     return load_memoised(name, "train", image_size), load_memoised(name, "test", image_size)
+
+
+class MPerClassBatches:
+    """Batches of P = `classes_per_batch` classes x `m` samples, class by class (each class's
+    samples are consecutive, so a batch's halves hold different classes): pytorch-metric-learning's
+    `MPerClassSampler` cut into index lists, `len()` of them per epoch.
+
+    It draws from numpy's global generator, which `fit` and `labkit train` seed; a class with
+    fewer than `m` samples repeats some.
+    """
+
+    def __init__(self, labels: torch.Tensor, m: int, classes_per_batch: int, batches: int) -> None:
+        from pytorch_metric_learning.samplers import MPerClassSampler
+
+        labels = labels.cpu()
+        num_classes = len(labels.unique())
+        if not 1 <= classes_per_batch <= num_classes:
+            raise ValueError(f"classes_per_batch must be in [1, {num_classes}] (the classes of the "
+                             f"data), got {classes_per_batch}")
+        if m < 2:
+            raise ValueError(f"m (samples per class in a batch) must be >= 2, got {m}")
+        if batches < 1:
+            raise ValueError(f"batches per epoch must be >= 1, got {batches}")
+        self.batch_size, self.length = m * classes_per_batch, int(batches)
+        self.sampler = MPerClassSampler(labels, m, batch_size=self.batch_size,
+                                        length_before_new_iter=self.batch_size * self.length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[list[int]]:
+        flat = list(iter(self.sampler))
+        for i in range(self.length):
+            yield flat[i * self.batch_size:(i + 1) * self.batch_size]

@@ -23,12 +23,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from pytorch_metric_learning.samplers import MPerClassSampler
 from torch import nn
 
 from labkit.core import config
 from labkit.core.cache import cached
-from labkit.core.data import ArrayDataset, class_disjoint_split
+from labkit.core.data import ArrayDataset, MPerClassBatches, class_disjoint_split
 from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.models import FlattenLinear, Network, PooledLinear, build_backbone, map_shape
 from labkit.core.train import fit
@@ -44,29 +43,6 @@ from labkit.methods.apfs import (
 
 VARIANTS = ("baseline", "apfs", "apfs+mining")
 FOLDER_SETS = ("cub200", "cars196", "sop")
-
-
-class MPerClassBatches:
-    """pytorch-metric-learning's `MPerClassSampler` cut into `fit`'s index lists.
-
-    P = batch_size / m classes with m samples each per batch; it draws from numpy's global
-    generator, which `fit` seeds (`seed_everything`), so runs are reproducible.
-    """
-
-    def __init__(self, labels: torch.Tensor, m: int, classes_per_batch: int,
-                 batches_per_pass: int) -> None:
-        self.batch_size = m * classes_per_batch
-        self.length = int(batches_per_pass)
-        self.sampler = MPerClassSampler(labels.cpu(), m, batch_size=self.batch_size,
-                                        length_before_new_iter=self.batch_size * self.length)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[list[int]]:
-        flat = list(iter(self.sampler))
-        for i in range(self.length):
-            yield flat[i * self.batch_size:(i + 1) * self.batch_size]
 
 
 # ----------------------------------------------------------------------------- configuration

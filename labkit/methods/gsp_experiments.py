@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 
 from labkit.core import config
 from labkit.core.cache import cached
-from labkit.core.data import ArrayDataset, class_disjoint_split
+from labkit.core.data import ArrayDataset, MPerClassBatches, class_disjoint_split
 from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.models import Network, build_backbone, map_shape
 from labkit.core.train import fit
@@ -46,39 +46,6 @@ def dml_loss(name: str, num_classes: int, dim: int) -> nn.Module:
     if name == "proxy_anchor":
         return losses.ProxyAnchorLoss(num_classes, dim, margin=0.1, alpha=32)
     raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
-
-
-class MPerClassBatches:
-    """Seeded batches of ``classes_per_batch`` classes x ``m`` samples, class by class.
-
-    Classes come in blocks, so the first and second halves of a batch hold different classes
-    (the zero-shot loss's "halves" split). Each pass draws new batches from its own generator.
-    """
-
-    def __init__(self, labels: torch.Tensor, m: int, classes_per_batch: int,
-                 batches_per_epoch: int, seed: int = 0) -> None:
-        labels = labels.cpu()
-        self.by_class = [torch.nonzero(labels == c).flatten() for c in labels.unique()]
-        if not 1 <= classes_per_batch <= len(self.by_class):
-            raise ValueError(f"classes_per_batch must be in [1, {len(self.by_class)}], got "
-                             f"{classes_per_batch}")
-        if m < 2 or min(len(ix) for ix in self.by_class) < m:
-            raise ValueError(f"m must be >= 2 and at most the smallest class size, got {m}")
-        self.m, self.p, self.length = m, classes_per_batch, batches_per_epoch
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[list[int]]:
-        g = self.generator
-        for _ in range(self.length):
-            classes = torch.randperm(len(self.by_class), generator=g)[: self.p]
-            batch = []
-            for c in classes.tolist():
-                ix = self.by_class[c]
-                batch += ix[torch.randperm(len(ix), generator=g)[: self.m]].tolist()
-            yield batch
 
 
 class GSPTrainLoss(nn.Module):
@@ -179,13 +146,12 @@ def make_training(cfg: Mapping[str, Any], model: Network, train: ArrayDataset,
     if zsr is not None:
         groups.append({"params": list(zsr.parameters())})
     sampler = MPerClassBatches(train.labels, int(cfg["m"]), int(cfg["classes_per_batch"]),
-                               int(cfg["batches_per_epoch"]), seed=int(cfg["seed"]))
-    # Prototypes: k-centres of the first batch's local features, taken before training starts.
+                               int(cfg["batches_per_epoch"]))
+    # Prototypes: k-centres of a batch's local features, taken before training starts. The
+    # sampler draws from numpy's global generator, which `fit` seeds again before its first step.
     model.to(device)
     with torch.no_grad():
-        first = next(iter(MPerClassBatches(train.labels, int(cfg["m"]),
-                                           int(cfg["classes_per_batch"]), 1,
-                                           seed=int(cfg["seed"]) + 10_000)))
+        first = next(iter(sampler))
         model.neck.init_prototypes(model.neck.local_features(
             model.backbone(train.images[first].to(device))))
     return loss_fn, groups, sampler

@@ -455,3 +455,22 @@ def test_memoised_loads_are_loaded_once_per_data_root(monkeypatch, tmp_path):
     seen, unseen = data.class_disjoint_split("digits")
     assert set(seen.labels.tolist()) == set(range(5)) == set(unseen.labels.tolist())
     assert torch.equal(seen.images, data.zero_shot_split("digits")[0].images)
+
+
+def test_m_per_class_batches_are_class_blocks_seeded_by_numpy():
+    labels = torch.arange(6).repeat_interleave(10)
+    np.random.seed(1)
+    sampler = data.MPerClassBatches(labels, m=4, classes_per_batch=3, batches=5)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 5
+    for b in batches:
+        assert len(b) == 12 and len(set(b)) == 12  # classes of 10 give distinct samples
+        blocks = labels[b].view(3, 4)
+        assert (blocks == blocks[:, :1]).all() and len(set(blocks[:, 0].tolist())) == 3
+    np.random.seed(1)
+    assert list(data.MPerClassBatches(labels, 4, 3, 5)) == batches
+    assert list(sampler) != batches  # the next epoch draws new batches
+    with pytest.raises(ValueError, match="classes_per_batch"):
+        data.MPerClassBatches(labels, 4, 7, 5)
+    with pytest.raises(ValueError, match="m .* must be >= 2"):
+        data.MPerClassBatches(labels, 1, 3, 5)

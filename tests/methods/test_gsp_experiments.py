@@ -24,25 +24,6 @@ def quick(monkeypatch, _cache_dir):
     return _cache_dir
 
 
-def test_m_per_class_batches_are_class_blocks_and_seeded():
-    labels = torch.arange(6).repeat_interleave(10)
-    sampler = gx.MPerClassBatches(labels, m=4, classes_per_batch=3, batches_per_epoch=5, seed=1)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 5
-    for b in batches:
-        lab = labels[b]
-        assert len(b) == 12 and len(set(b)) == 12
-        blocks = lab.view(3, 4)
-        assert (blocks == blocks[:, :1]).all() and len(set(blocks[:, 0].tolist())) == 3
-    again = list(gx.MPerClassBatches(labels, 4, 3, 5, seed=1))
-    assert again == batches
-    assert list(sampler) != batches  # the next epoch draws new batches
-    with pytest.raises(ValueError, match="classes_per_batch"):
-        gx.MPerClassBatches(labels, 4, 7, 5)
-    with pytest.raises(ValueError, match="m must"):
-        gx.MPerClassBatches(labels, 11, 3, 5)
-
-
 def test_configs_and_losses(quick):
     cfg = gx.run_config("proxy_anchor", "gsp", seed=3)
     assert cfg["gamma"] == 0.5 and cfg["mu"] == 0.3 and cfg["seed"] == 3
