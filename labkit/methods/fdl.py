@@ -24,6 +24,7 @@ comparison with the authors' code and every deviation from it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from itertools import combinations
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.core.models import NetworkOutput
+from labkit.core.models import NetworkOutput, eval_mode
 
 __all__ = [
     "fdl_descriptor",
@@ -314,12 +315,9 @@ class FusionModel(nn.Module):
                  hidden: int = 128, dropout: float = 0.5) -> None:
         super().__init__()
         self.ensemble = ensemble
-        with torch.no_grad():
-            was = ensemble.training
-            ensemble.eval()
+        with torch.no_grad(), eval_mode(ensemble):
             probe = torch.zeros(2, *image_shape, device=next(ensemble.parameters()).device)
             fused = torch.cat(ensemble.feature_maps(probe), dim=1)
-            ensemble.train(was)
         self.head = FusionHead(fused[0].numel(), num_classes, hidden, dropout).to(fused.device)
         self.freeze_members = True
 
@@ -387,14 +385,12 @@ def empty_region_share(heats: torch.Tensor) -> float:
 def descriptor_maps(ensemble: FDLEnsemble, images: torch.Tensor, *, batch_size: int = 256,
                     mask: bool = False) -> torch.Tensor:
     """(M, B, H, W) channel-mean descriptors of every member (what FDL compares), eval mode."""
-    was = ensemble.training
-    ensemble.eval()
     device = next(ensemble.parameters()).device
     chunks = []
-    for start in range(0, images.shape[0], batch_size):
-        maps = ensemble.feature_maps(images[start:start + batch_size].to(device))
-        chunks.append(torch.stack([fdl_descriptor(f, mask=mask) for f in maps]).cpu())
-    ensemble.train(was)
+    with eval_mode(ensemble):
+        for start in range(0, images.shape[0], batch_size):
+            maps = ensemble.feature_maps(images[start:start + batch_size].to(device))
+            chunks.append(torch.stack([fdl_descriptor(f, mask=mask) for f in maps]).cpu())
     return torch.cat(chunks, dim=1)
 
 
@@ -442,11 +438,10 @@ def member_gradcam(ensemble: FDLEnsemble, images: torch.Tensor, *,
         raise ValueError(f"classes must be ({images.shape[0]},), got {tuple(classes.shape)}")
     target_cls = ClassifierOutputSoftmaxTarget if target == "softmax" else ClassifierOutputTarget
     device = next(ensemble.parameters()).device
-    modes = {mod: mod.training for mod in ensemble.modules()}
     saved_grads = {p: p.grad for p in ensemble.parameters()}
     cams = []
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), eval_mode(ensemble):  # GradCAM sets modes of its own too
             for member in ensemble.members:
                 wrapped = _LogitsOnly(member)
                 per_member = []
@@ -464,8 +459,6 @@ def member_gradcam(ensemble: FDLEnsemble, images: torch.Tensor, *,
                         per_member.append(torch.from_numpy(heat))
                 cams.append(torch.cat(per_member))
     finally:
-        for mod, mode in modes.items():
-            mod.training = mode
         for p, grad in saved_grads.items():
             p.grad = grad
     return torch.stack(cams)
@@ -479,22 +472,16 @@ def ensemble_accuracies(ensemble: FDLEnsemble, images: torch.Tensor, labels: tor
     """Test accuracies: each member, their mean, soft vote, hard vote (and fusion head if given)."""
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    modules = [ensemble] + ([fusion] if fusion is not None else [])
-    modes = [{mod: mod.training for mod in m.modules()} for m in modules]
-    for m in modules:
-        m.eval()
     device = next(ensemble.parameters()).device
     logits, fused = [], []
-    try:
+    with contextlib.ExitStack() as modes:
+        for module in [ensemble] + ([fusion] if fusion is not None else []):
+            modes.enter_context(eval_mode(module))
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size].to(device)
             logits.append(ensemble.member_logits(x).cpu())
             if fusion is not None:
                 fused.append(fusion(x).cpu())
-    finally:
-        for saved in modes:
-            for mod, mode in saved.items():
-                mod.training = mode
     member_logits = torch.cat(logits, dim=1)
     labels = labels.cpu()
     members = (member_logits.argmax(-1) == labels).float().mean(dim=1)

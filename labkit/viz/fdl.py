@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 
 from labkit.methods import fdl
-from labkit.viz.images import png_data_uri
+from labkit.viz.images import overlay, png_data_uri
 from labkit.viz.playable import Frame, add_slider, compact
 
 COLORS = {"classical": "tab:gray", "fdl": "tab:red"}
@@ -27,23 +27,12 @@ LABELS = {"classical": "classical ensemble", "fdl": "FDL ensemble"}
 TITLES = {"mean_member": "mean single member", "soft_vote": "soft vote", "hard_vote": "hard vote",
           "fusion": "feature-fusion head"}
 
+# the authors' CAM display: jet over the image at alpha 0.4
+CAM_OPACITY = 0.4
+
 
 def _np(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.4) -> np.ndarray:
-    """Jet heat map over a (C, H, W) image in [0, 1], both at the same size -> (H, W, 3) in [0, 1].
-
-    (The code's display: jet colour map, alpha 0.4 over the image.)
-    """
-    img, heat_np = _np(image), _np(heat)
-    if img.ndim != 3 or heat_np.shape != img.shape[1:]:
-        raise ValueError(f"image must be (C, H, W) and heat (H, W) of the same size; got "
-                         f"{img.shape} and {heat_np.shape}")
-    rgb = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img[:3]
-    colored = plt.get_cmap("jet")(np.clip(heat_np, 0, 1))[..., :3]
-    return np.clip((1 - alpha) * rgb.transpose(1, 2, 0) + alpha * colored, 0, 1)
 
 
 def plot_accuracy_vs_k(rows: Sequence[Mapping[str, Any]],
@@ -126,7 +115,7 @@ def plot_cam_grid(image: torch.Tensor, cams: Mapping[str, torch.Tensor],
             if m >= cam.shape[0]:
                 ax.axis("off")
                 continue
-            ax.imshow(overlay(image, cam[m]))
+            ax.imshow(overlay(image, cam[m], alpha=CAM_OPACITY))
             title = f"member {m + 1}"
             if preds is not None:
                 title += f": {names[int(preds[name][m])]}"
@@ -211,8 +200,6 @@ def plot_lambda_tradeoff(records: Sequence[Mapping[str, Any]], selected: int | N
 
 # ----------------------------------------------------------------------------- kernel-free sliders
 
-# the authors' CAM display: jet over the image at alpha 0.4 (as `overlay`)
-CAM_OPACITY = 0.4
 
 
 def record_name(record: Mapping[str, Any]) -> str:

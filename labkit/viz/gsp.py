@@ -14,32 +14,16 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from labkit.viz.images import png_data_uri
+from labkit.viz.images import png_data_uri, to_display, upsample
 
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def upsample(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of a (h, w) map to ``size`` (H, W)."""
-    heat = torch.as_tensor(heat, dtype=torch.float32)
-    if heat.dim() != 2:
-        raise ValueError(f"heat must be a (h, w) map, got shape {tuple(heat.shape)}")
-    up = F.interpolate(heat[None, None], size=size, mode="bilinear", align_corners=False)
-    return up[0, 0].numpy()
-
-
 def _show_image(ax, image) -> None:
-    img = _np(image)
-    if img.ndim != 3:
-        raise ValueError(f"image must be (C, H, W), got shape {img.shape}")
-    if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1))
+    ax.imshow(to_display(torch.as_tensor(_np(image))), cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([])
     ax.set_yticks([])
 

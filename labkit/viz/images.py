@@ -53,18 +53,22 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols:
     return fig
 
 
+def upsample(heat: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (h, w) map resized bilinearly to `size` (H, W) -> numpy (H, W); same size: unchanged."""
+    heat = torch.as_tensor(np.asarray(heat), dtype=torch.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"heat must be (h, w), got {tuple(heat.shape)}")
+    return F.interpolate(heat[None, None], size=tuple(size), mode="bilinear",
+                         align_corners=False)[0, 0].numpy()
+
+
 def overlay(image: torch.Tensor, heat: torch.Tensor | np.ndarray, alpha: float = 0.45,
             cmap: str = "jet") -> np.ndarray:
     """Blend a heat map (h, w) in [0, 1] (upsampled bilinearly) over an image (C, H, W) in [0, 1].
 
     Returns (H, W, 3) float in [0, 1].
     """
-    heat = torch.as_tensor(np.asarray(heat), dtype=torch.float32)
-    if heat.ndim != 2:
-        raise ValueError(f"heat must be (h, w), got {tuple(heat.shape)}")
-    height, width = image.shape[-2:]
-    heat = F.interpolate(heat[None, None], size=(height, width), mode="bilinear",
-                         align_corners=False)[0, 0].clamp(0, 1).numpy()
+    heat = np.clip(upsample(heat, tuple(image.shape[-2:])), 0, 1)
     base = to_display(image)
     if base.ndim == 2:
         base = np.repeat(base[..., None], 3, axis=2)

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from labkit.core.models import eval_mode
 from labkit.methods.gsp import GSP, gsp_transport, prototype_costs, transport_weights
 from labkit.viz.gsp import overlay_weights, plot_weight_grid
 from labkit.widgets.picture import with_picture
@@ -41,15 +42,10 @@ def image_costs(backbone: nn.Module, neck: GSP, image: torch.Tensor
         raise ValueError(f"neck must be a GSP layer, got {type(neck).__name__}")
     if image.dim() != 3:
         raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
-    was = backbone.training, neck.training
-    backbone.eval()
-    neck.eval()
     device = next(neck.parameters()).device
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(backbone), eval_mode(neck):
         fmap = backbone(image[None].to(device)).float()
         costs = prototype_costs(neck.local_features(fmap), neck.prototypes.float())[0]
-    backbone.train(was[0])
-    neck.train(was[1])
     return costs.cpu(), tuple(fmap.shape[2:])
 
 

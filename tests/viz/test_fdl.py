@@ -27,18 +27,6 @@ def fake_rows() -> list[dict]:
     return rows
 
 
-def test_overlay_is_alpha_blend_of_gray_and_jet():
-    image = torch.full((1, 4, 4), 0.5)
-    heat = torch.zeros(4, 4)
-    heat[0, 0] = 1.0
-    out = vfdl.overlay(image, heat, alpha=0.4)
-    jet = plt.get_cmap("jet")
-    np.testing.assert_allclose(out[0, 0], 0.6 * 0.5 + 0.4 * np.array(jet(1.0)[:3]), rtol=1e-6)
-    np.testing.assert_allclose(out[1, 1], 0.6 * 0.5 + 0.4 * np.array(jet(0.0)[:3]), rtol=1e-6)
-    with pytest.raises(ValueError, match="same size"):
-        vfdl.overlay(image, torch.zeros(3, 3))
-
-
 def test_accuracy_and_overlap_figures_have_error_bars_per_method():
     fig = vfdl.plot_accuracy_vs_k(fake_rows())
     axes = fig.axes

@@ -13,14 +13,6 @@ import torch  # noqa: E402
 from labkit.viz import gsp as vg  # noqa: E402
 
 
-def test_upsample_keeps_constant_maps_and_size():
-    up = vg.upsample(torch.full((7, 7), 0.5), (28, 28))
-    assert up.shape == (28, 28)
-    assert abs(up - 0.5).max() < 1e-6
-    with pytest.raises(ValueError, match=r"\(h, w\)"):
-        vg.upsample(torch.ones(2, 3, 3), (4, 4))
-
-
 def test_weight_grid_layout_and_scale():
     img = torch.rand(1, 28, 28)
     weights = {(m, g): torch.rand(7, 7) / m for m in (1.0, 0.3) for g in (1.0, 5.0)}

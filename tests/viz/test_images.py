@@ -72,3 +72,11 @@ def test_png_data_uri_is_an_8_bit_png_of_the_image():
     assert rgb.shape == (5, 5, 3)
     with pytest.raises(ValueError, match="C = 1 or 3"):
         images.png_data_uri(torch.rand(2, 5, 5))
+
+
+def test_upsample_keeps_constant_maps_and_size():
+    up = images.upsample(torch.full((7, 7), 0.5), (28, 28))
+    assert up.shape == (28, 28)
+    assert abs(up - 0.5).max() < 1e-6
+    with pytest.raises(ValueError, match=r"\(h, w\)"):
+        images.upsample(torch.ones(2, 3, 3), (4, 4))
