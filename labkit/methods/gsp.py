@@ -35,11 +35,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from labkit.core.models import Network, eval_mode
 
 __all__ = [
     "GSP",
@@ -612,3 +615,138 @@ class GSPMetricLoss(nn.Module):
         if self.zsr is None or histograms is None:
             return loss
         return (1.0 - self.weight) * loss + self.weight * self.zsr(histograms, labels)
+
+
+# ----------------------------------------------------------------------------- reading a trained layer
+
+def weight_map(costs: torch.Tensor, mu: float, gamma: float, shape: tuple[int, int]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (h, w) and prototype maps n·π (K, h, w) for costs (K, n) of one image."""
+    if costs.dim() != 2 or costs.shape[1] != shape[0] * shape[1]:
+        raise ValueError(f"costs must be (K, n) with n = h*w = {shape[0] * shape[1]}, got "
+                         f"{tuple(costs.shape)}")
+    with torch.no_grad():
+        rho, pi = gsp_transport(costs[None].double(), mu, gamma)
+    n = costs.shape[1]
+    return (transport_weights(rho, mu)[0].reshape(shape).float(),
+            (n * pi[0]).reshape(-1, *shape).float())
+
+
+def image_costs(backbone: nn.Module, neck: GSP, image: torch.Tensor
+                ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Costs (K, n) between one image's (C, H, W) local features and the prototypes, and (h, w)."""
+    if not isinstance(neck, GSP):
+        raise ValueError(f"neck must be a GSP layer, got {type(neck).__name__}")
+    if image.dim() != 3:
+        raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
+    device = next(neck.parameters()).device
+    with torch.no_grad(), eval_mode(backbone), eval_mode(neck):
+        fmap = backbone(image[None].to(device)).float()
+        costs = prototype_costs(neck.local_features(fmap), neck.prototypes.float())[0]
+    return costs.cpu(), tuple(fmap.shape[2:])
+
+
+def weight_grid(costs: torch.Tensor, shape: tuple[int, int], mus: Sequence[float],
+                gammas: Sequence[float]) -> dict[tuple[float, float], torch.Tensor]:
+    """Weights w_i (h, w) for every (μ, γ) pair of the grid, from costs (K, n) of one image."""
+    if not mus or not gammas:
+        raise ValueError("the grid needs at least one mu and one gamma")
+    return {(float(m), float(g)): weight_map(costs, m, g, shape)[0] for m in mus for g in gammas}
+
+
+def selective_gamma(costs: torch.Tensor, spread: float = 10.0) -> float:
+    """The γ at which the costs (K, n) of one image differ by about `spread` nats (γ times
+    their standard deviation), rounded to two significant digits: the transport's softmax over
+    features then separates them, so μ visibly changes which ones are kept. At γ·std ≪ 1 every
+    μ gives nearly uniform weights, i.e. GAP."""
+    std = float(costs.double().std())
+    if not std > 0:
+        raise ValueError("the costs are all equal: no γ makes the transport selective")
+    return float(f"{spread / std:.2g}")
+
+
+@torch.no_grad()
+def weight_maps(model: Network, images: torch.Tensor, mu: float | None = None,
+                gamma: float | None = None) -> torch.Tensor:
+    """GSP weights (N, h, w) of a trained network on images (N, C, H, W).
+
+    ``mu``/``gamma`` re-solve the transport with other values than the layer was trained with.
+    """
+    if not isinstance(model.neck, GSP):
+        raise ValueError("the model's neck is not a GSP layer")
+    neck = model.neck
+    device = next(model.parameters()).device
+    model.eval()
+    saved = neck.mu, neck.gamma
+    try:
+        neck.mu = saved[0] if mu is None else float(mu)
+        neck.gamma = saved[1] if gamma is None else float(gamma)
+        out = neck(model.backbone(images.to(device)), return_maps=True)
+    finally:
+        neck.mu, neck.gamma = saved
+    return out.weights.cpu()
+
+
+@torch.no_grad()
+def foreground_weight_share(model: Network, images: torch.Tensor, threshold: float = 0.1,
+                            mu: float | None = None, gamma: float | None = None
+                            ) -> tuple[float, float]:
+    """How GSP spends its weight: (mean weight on cells with ink, mean weight on empty cells).
+
+    A conv-map cell counts as ink when the image patch it covers (average-pooled to the map's
+    size) has mean intensity above ``threshold``; for MNIST the rest is black background.
+    """
+    w = weight_maps(model, images, mu, gamma)
+    ink = F.adaptive_avg_pool2d(images.float().mean(1, keepdim=True), w.shape[1:])[:, 0]
+    mask = ink > threshold
+    if not mask.any() or mask.all():
+        raise ValueError("the threshold leaves no ink or no background cells")
+    return float(w[mask].mean()), float(w[~mask].mean())
+
+
+def toy_transport_example(mus: Sequence[float] = (1.0, 0.5, 0.25), gamma: float = 10.0,
+                          seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A 2-D picture of the mechanism: 12 "object" features near 2 prototypes, 36 scattered
+    "background" features. Returns features (48, 2), prototypes (2, 2), {mu: weights (48,)}."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.tensor([[0.45, 0.35], [-0.3, 0.5]], dtype=torch.float64)
+    obj = protos.repeat(6, 1) + 0.07 * torch.randn(12, 2, generator=g, dtype=torch.float64)
+    ang = 2 * math.pi * torch.rand(36, generator=g, dtype=torch.float64)
+    rad = 0.55 + 0.4 * torch.rand(36, generator=g, dtype=torch.float64)
+    back = torch.stack([rad * ang.cos(), rad * ang.sin()], 1)
+    feats = torch.cat([obj, back])
+    costs = prototype_costs(feats[None], protos)
+    weights = {}
+    for m in mus:
+        rho, _ = gsp_transport(costs, m, gamma)
+        weights[m] = transport_weights(rho, m)[0]
+    return feats, protos, weights
+
+
+def identity_checks(seed: int = 0) -> dict[str, bool]:
+    """The exact facts the notebook states, checked on random data (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    costs = 2 * torch.rand(4, 8, 49, generator=g, dtype=torch.float64)
+    rho, pi = gsp_transport(costs, 0.3, 5.0, iters=1000)
+    checks = {
+        "each feature's mass is 1/n": bool(torch.allclose(rho + pi.sum(1),
+                                                          torch.full_like(rho, 1 / 49))),
+        "transported mass is mu": bool(torch.allclose(pi.sum((1, 2)),
+                                                      torch.full((4,), 0.3, dtype=rho.dtype))),
+    }
+    torch.manual_seed(seed)
+    layer = GSP(16, 8, num_prototypes=6, mu=1.0).double()
+    fmap = torch.randn(3, 16, 7, 7, generator=g, dtype=torch.float64)
+    checks["mu = 1 is exactly GAP"] = bool(torch.allclose(layer(fmap), layer.proj(fmap).mean((2, 3)),
+                                                          rtol=0, atol=1e-14))
+    rho0, _ = gsp_transport(costs, 0.3, 1e-8)
+    checks["gamma -> 0 is GAP"] = bool(torch.allclose(transport_weights(rho0, 0.3),
+                                                      torch.ones_like(rho0), atol=1e-6))
+    grads = []
+    for mode in ("implicit", "unrolled"):
+        c = costs.clone().requires_grad_(True)
+        r, p = gsp_transport(c, 0.3, 5.0, iters=1000, backward=mode)
+        ((r * torch.arange(49.0, dtype=r.dtype)).sum() + p[:, 0].sum()).backward()
+        grads.append(c.grad)
+    checks["implicit gradient = unrolled gradient"] = bool(torch.allclose(*grads, atol=1e-10))
+    return checks

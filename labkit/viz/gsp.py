@@ -7,14 +7,15 @@ nothing here trains or solves. The method is described in docs/methods/gsp.md.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
+from labkit.methods import gsp
 from labkit.viz.images import png_data_uri, to_display, upsample
 
 
@@ -114,68 +115,6 @@ def plot_weight_overlays(images: torch.Tensor, weights: torch.Tensor, mu: float,
     return fig
 
 
-def plot_recall_curves(results: Mapping[str, Mapping[str, float]],
-                       ks: Sequence[int] = (1, 2, 4, 8), ax=None, title: str | None = None):
-    """Recall@K curves, one line per run; ``results[name]['recall@K']`` in [0, 1]."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 3.2))
-    for name, res in results.items():
-        ys = [100 * res[f"recall@{k}"] for k in ks]
-        style = "--" if name.lower().startswith("gap") else "-"
-        ax.plot(list(ks), ys, style, marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(ks))
-    ax.set_xticklabels([str(k) for k in ks])
-    ax.set_xlabel("K")
-    ax.set_ylabel("recall@K (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return ax
-
-
-def plot_metric_bars(table: Mapping[str, Mapping[str, float]], metric: str = "recall@1",
-                     ax=None, errors: Mapping[str, Mapping[str, float]] | None = None,
-                     zoom: bool = True):
-    """Grouped bars: rows of ``table`` are losses, columns pooling variants, values metric.
-
-    errors: the same layout of standard deviations (non-finite ones, e.g. from a single seed,
-    draw no bar). zoom: start the y axis just below the lowest bar (minus its error) instead of
-    at 0, so gaps of a point or two are visible; the axis label says so.
-    """
-    losses = list(table)
-    if not losses:
-        raise ValueError("table is empty")
-    variants = list(next(iter(table.values())))
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.4 * len(losses) + 2, 3.2))
-    width = 0.8 / len(variants)
-    x = np.arange(len(losses))
-    lowest = math.inf
-    for j, v in enumerate(variants):
-        vals = np.array([100 * table[loss][v][metric] if isinstance(table[loss][v], Mapping)
-                         else 100 * table[loss][v] for loss in losses])
-        err = np.zeros_like(vals)
-        if errors is not None:
-            err = np.nan_to_num(np.array([100 * errors[loss][v] for loss in losses]), nan=0.0,
-                                posinf=0.0, neginf=0.0)
-        lowest = min(lowest, float((vals - err).min()))
-        ax.bar(x + (j - (len(variants) - 1) / 2) * width, vals, width,
-               yerr=err if errors is not None else None, label=v, capsize=2)
-    ax.set_xticks(x)
-    ax.set_xticklabels(losses, fontsize=8)
-    ylabel = f"{metric} (%)"
-    if zoom:
-        ax.set_ylim(bottom=max(0.0, math.floor(lowest) - 2.0))
-        ylabel += ", axis not from 0"
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8, ncols=len(variants), loc="lower center", bbox_to_anchor=(0.5, 1.0),
-              frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    return ax
-
-
 def plot_toy_transport(features: torch.Tensor, prototypes: torch.Tensor,
                        weights: Mapping[float, torch.Tensor], figsize_per: float = 2.6):
     """The mechanism in 2-D: local features (dots, area ∝ weight) and prototypes (stars).
@@ -253,3 +192,23 @@ def weight_map_slider(image, weights: Mapping[tuple[float, float], torch.Tensor]
     fig.update_layout(width=440, height=520, margin=dict(l=10, r=10, t=70, b=10),
                       xaxis=dict(visible=False), yaxis=dict(visible=False))
     return add_slider(fig, frames, prefix="setting", active=start)
+
+
+def transport_figure(costs: torch.Tensor, image: torch.Tensor, shape: tuple[int, int],
+                     mu: float, gamma: float, top: int = 4) -> Figure:
+    """One (μ, γ) of the transport explorer: the input (C, H, W), its weights w (h, w) and the
+    `top` prototypes that receive most mass, from the image's costs (K, n = h·w)."""
+    weights, maps = gsp.weight_map(costs, mu, gamma, shape)
+    mass = maps.flatten(1).sum(1)
+    order = torch.argsort(mass, descending=True)[: top].tolist()
+    fig, axes = plt.subplots(1, 2 + len(order), figsize=(1.9 * (2 + len(order)), 2.3))
+    overlay_weights(axes[0], image, torch.zeros(shape), alpha=0.0, title="input")
+    overlay_weights(axes[1], image, weights, vmax=1.0 / mu,
+                    title=f"weights (kept {100 * float((weights > 0.5).float().mean()):.0f}%)")
+    vmax = float(maps[order].max()) if order else 1.0
+    for ax, k in zip(axes[2:], order, strict=True):
+        overlay_weights(ax, image, maps[k], vmax=vmax,
+                        title=f"ω{k} {100 * float(mass[k] / mass.sum()):.0f}%")
+    fig.suptitle(f"μ = {mu:.2f}, γ = {gamma:.2g}", fontsize=10)
+    fig.tight_layout()
+    return fig

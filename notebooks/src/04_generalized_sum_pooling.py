@@ -24,8 +24,10 @@ import torch
 from IPython.display import display
 
 from labkit.core import config
+from labkit.methods import gsp
 from labkit.methods import gsp_experiments as gx
 from labkit.viz import gsp as vg
+from labkit.viz import report
 from labkit.viz.playable import show
 from labkit.widgets import gsp as wg
 
@@ -47,7 +49,7 @@ print("profile:", config.profile(), "| device:", config.get_device())
 # prototypes (★) among 36 background features; as μ shrinks, the background is switched off.
 
 # %%
-feats, protos, toy_weights = gx.toy_transport_example(mus=(1.0, 0.5, 0.25), gamma=10.0)
+feats, protos, toy_weights = gsp.toy_transport_example(mus=(1.0, 0.5, 0.25), gamma=10.0)
 fig = vg.plot_toy_transport(feats, protos, toy_weights)
 plt.show()
 
@@ -63,7 +65,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for name, ok in gx.identity_checks().items():
+for name, ok in gsp.identity_checks().items():
     print(f"{name:40s} {ok}")
 
 # %% [markdown]
@@ -78,30 +80,27 @@ for name, ok in gx.identity_checks().items():
 # cached, so re-running this notebook only re-draws).
 
 # %%
-settings = gx.profile_settings()
-results = gx.compare(progress=False)
-table = gx.summarise(results)
-print(f"{settings['dataset']}, seeds {settings['seeds']}, {settings['epochs']} epochs x "
-      f"{settings['batches_per_epoch']} batches; retrieval on the unseen classes (%)\n")
-print(gx.format_table(table))
+settings, grid = gx.Settings.for_profile(), gx.EXPERIMENT.grid()
+results = gx.sweep(progress=False)
+summary = gx.summary(results)
+print(f"{settings.dataset}, seeds {grid['seed']}, {settings.epochs} epochs x "
+      f"{settings.batches_per_epoch} batches; retrieval on the unseen classes (%)\n")
+print(gx.table(summary))
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-vg.plot_metric_bars({lo: {v: row[v]["recall@1"][0] for v in row} for lo, row in table.items()},
-                    metric="recall@1", ax=axes[0],
-                    errors={lo: {v: row[v]["recall@1"][1] for v in row} for lo, row in table.items()})
-first_loss = next(iter(table))
-vg.plot_recall_curves({v: {k: m[0] for k, m in row.items()} for v, row in table[first_loss].items()},
-                      ax=axes[1], title=f"recall@K, {first_loss} loss")
-fig.tight_layout()
+fig = report.plot_grouped_bars(summary, ("recall@1", "map@r"))
+plt.show()
+fig = report.plot_recall_curves(summary)
 plt.show()
 
 # %% [markdown]
-# Does GSP beat GAP on recall@1 for each loss (mean over the seeds above)?
+# Does GSP beat GAP on recall@1 for each loss? The gain paired by seed (the variant minus GAP
+# on the same seed), its spread, and on how many seeds the variant scored higher:
 
 # %%
-print("GSP > GAP      :", gx.wins(table, "gsp", "gap"))
-print("GSP+ZSR > GAP  :", gx.wins(table, "gsp+zsr", "gap"))
+for claim, per_loss in gx.claims(summary).items():
+    for loss, gain in per_loss.items():
+        print(f"{claim:14s} {loss:17s} {gain.format(100)} points")
 
 # %% [markdown]
 # ## 3 · What GSP keeps on an unseen digit
@@ -114,16 +113,16 @@ print("GSP+ZSR > GAP  :", gx.wins(table, "gsp+zsr", "gap"))
 
 # %%
 # headline figure
-run = results[first_loss]["gsp"][0]
-model = gx.load_model(run)
-_, test = gx.load_split(run["config"])
+run = next(r for r in results if r.settings.variant == "gsp")  # the first loss, seed 0
+model = run.model()
+_, test = gx.load_split(run.settings)
 image = test.images[7]
-costs, shape = wg.image_costs(model.backbone, model.neck, image)
-selective = wg.selective_gamma(costs)
-fig = wg.static_figure(costs, image, shape, mus=(1.0, 0.5, 0.3, 0.1),
-                       gammas=(1.0, model.neck.gamma, 20.0, selective))
+costs, shape = gsp.image_costs(model.backbone, model.neck, image)
+selective = gsp.selective_gamma(costs)
+fig = vg.plot_weight_grid(image, gsp.weight_grid(costs, shape, (1.0, 0.5, 0.3, 0.1),
+                                                 (1.0, model.neck.gamma, 20.0, selective)))
 plt.show()
-weights, maps = wg.weight_map(costs, model.neck.mu, model.neck.gamma, shape)
+weights, maps = gsp.weight_map(costs, model.neck.mu, model.neck.gamma, shape)
 fig = vg.plot_prototype_maps(image, maps, top=6)
 plt.show()
 
@@ -131,12 +130,12 @@ plt.show()
 # What matters is γ times the spread of the costs. This layer's costs barely differ between
 # features (the standard deviation is printed below), so at the trained γ = 5 every μ weighs
 # them almost uniformly, like GAP. The explorer opens at the γ where they differ by about 10
-# nats (`wg.selective_gamma`, 10 / std), so that moving μ visibly changes which cells are kept.
+# nats (`gsp.selective_gamma`, 10 / std), so that moving μ visibly changes which cells are kept.
 # Move μ and γ (needs a live kernel); only the transport is re-solved.
 
 # %%
 print(f"cost spread (std) {float(costs.std()):.3f}: the explorer opens at "
-      f"γ = {wg.selective_gamma(costs):g} (trained: {model.neck.gamma:g})")
+      f"γ = {selective:g} (trained: {model.neck.gamma:g})")
 explorer = wg.TransportExplorer(costs, image, shape, mu=0.3)
 display(explorer.widget)
 
@@ -147,7 +146,7 @@ display(explorer.widget)
 # %%
 slider_mus = (1.0, 0.5, 0.3, 0.2, 0.1)
 slider_gammas = sorted({1.0, model.neck.gamma, 20.0, selective})
-show(vg.weight_map_slider(image, wg.weight_grid(costs, shape, slider_mus, slider_gammas),
+show(vg.weight_map_slider(image, gsp.weight_grid(costs, shape, slider_mus, slider_gammas),
                           active=(model.neck.mu, selective)))
 
 # %% [markdown]
@@ -159,12 +158,12 @@ show(vg.weight_map_slider(image, wg.weight_grid(costs, shape, slider_mus, slider
 # %%
 order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
 sample = test.images[order[:16]]
-fig = vg.plot_weight_overlays(sample, gx.weight_maps(model, sample), mu=model.neck.mu, ncols=8)
+fig = vg.plot_weight_overlays(sample, gsp.weight_maps(model, sample), mu=model.neck.mu, ncols=8)
 plt.show()
 probe = test.images[order[:500]]
 shares = {}
 for gamma in (model.neck.gamma, 20.0):
-    shares[gamma] = gx.foreground_weight_share(model, probe, gamma=gamma)
+    shares[gamma] = gsp.foreground_weight_share(model, probe, gamma=gamma)
     ink, background = shares[gamma]
     print(f"mu = {model.neck.mu}, gamma = {gamma:4.1f}: mean weight on ink cells {ink:.2f}, "
           f"on background cells {background:.2f} (GAP: 1.00 everywhere)")
@@ -182,17 +181,13 @@ for gamma in (model.neck.gamma, 20.0):
 # ## Results
 
 # %%
-def mean_std(cell):
-    mean, std = cell
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std == std else "")
-
-
-print(f"{settings['dataset']} zero-shot split, seeds {settings['seeds']}, {settings['epochs']} "
-      f"epochs x {settings['batches_per_epoch']} batches; unseen classes, mean ± std over seeds (%)")
+print(f"{settings.dataset} zero-shot split, seeds {grid['seed']}, {settings.epochs} epochs x "
+      f"{settings.batches_per_epoch} batches; unseen classes, mean ± std over seeds (%)")
 for metric in ("recall@1", "map@r"):
     print(f"\n{metric:17s}" + "".join(f"{v:>14s}" for v in gx.VARIANTS))
-    for loss, row in table.items():
-        print(f"{loss:17s}" + "".join(f"{mean_std(row[v][metric]):>14s}" for v in gx.VARIANTS))
+    for loss in grid["loss"]:
+        print(f"{loss:17s}" + "".join(f"{summary.stats[(loss, v)][metric].format(100, 1):>14s}"
+                                      for v in gx.VARIANTS))
 print(f"\none unseen digit: cost std {float(costs.std()):.3f}, trained γ = {model.neck.gamma:g}, "
       f"selective γ = {selective:g}")
 for gamma, (ink, background) in shares.items():
@@ -219,17 +214,18 @@ for gamma, (ink, background) in shares.items():
 # 1. **Where does μ act?** In the slider above, step through μ at γ = 5 and then at the
 #    selective γ. Look for the share of kept cells in the title. *Hint:* what counts is
 #    γ · std(c); at γ = 5 that product is below 1 for this layer.
-# 2. **Train with a sharper transport.** `gx.run("contrastive", "gsp", gamma=50.0)` trains
-#    one cached run (`gx.load_model` rebuilds it); compare its recall@1 with the table and the
-#    std of its costs on the same digit (`wg.image_costs`). *Hint:* does training spread the
+# 2. **Train with a sharper transport.** `gx.run(settings.replace(gamma=50.0))` trains one
+#    cached run (its `.model()` rebuilds the network); compare its recall@1 with the table and
+#    the std of its costs on the same digit (`gsp.image_costs`). *Hint:* does training spread the
 #    costs apart, or shrink them until γ · std(c) is small again?
-# 3. **μ = 1 is GAP.** `gx.run("contrastive", "gsp", mu=1.0)["metrics"]` should reproduce the
+# 3. **μ = 1 is GAP.** `gx.run(settings.replace(mu=1.0)).metrics` should reproduce the
 #    GAP row for seed 0 exactly. *Hint:* at μ = 1 the layer returns the mean of the projected
 #    features, whatever its prototypes.
 # 4. **Background at the selective γ.** Call
-#    `gx.foreground_weight_share(model, probe, gamma=selective)`. A layer that ignores the
+#    `gsp.foreground_weight_share(model, probe, gamma=selective)`. A layer that ignores the
 #    background would give ink cells more than 1 and background cells less. *Hint:* the weights
 #    average 1 over each image, so the two numbers cannot both move up.
-# 5. **Enough seeds?** `gx.compare(seeds=range(10))` before trusting a gap of a point or two;
+# 5. **Enough seeds?** `gx.sweep(variant=gx.VARIANTS, seed=range(10))` before trusting a gap
+#    of a point or two;
 #    `LABKIT_PROFILE=full` switches to CIFAR-100 (50/50 classes) with a ResNet-18 (GPU
 #    recommended). *Hint:* compare each gap with the standard deviations, not with zero.

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from labkit.methods import gsp
 from labkit.methods.gsp import (
@@ -578,3 +579,70 @@ def test_prototypes_wait_for_a_batch_with_enough_local_features():
     assert bool(layer.initialized)
     points = unit_ball(layer.local_features(batch).reshape(-1, 4))
     torch.testing.assert_close(layer.prototypes.detach(), points[k_center(points, 20)])
+
+
+# ----------------------------------------------------------------------------- reading a trained layer
+
+def _one_image_costs():
+    return 2 * torch.rand(4, 9, generator=torch.Generator().manual_seed(0))
+
+
+def test_weight_map_matches_solver():
+    c = _one_image_costs()
+    w, maps = gsp.weight_map(c, 0.3, 5.0, (3, 3))
+    rho, pi = gsp_transport(c[None].double(), 0.3, 5.0)
+    torch.testing.assert_close(w, transport_weights(rho, 0.3)[0].reshape(3, 3).float())
+    assert maps.shape == (4, 3, 3)
+    torch.testing.assert_close(maps.sum(0), 0.3 * w)
+    with pytest.raises(ValueError, match="n = h\\*w"):
+        gsp.weight_map(c, 0.3, 5.0, (2, 2))
+
+
+def test_image_one_image_costs():
+    torch.manual_seed(0)
+    backbone = nn.Conv2d(1, 4, 3, padding=1, stride=4)
+    neck = GSP(4, 3, 5)
+    image = torch.rand(1, 12, 12)
+    costs, shape = gsp.image_costs(backbone, neck, image)
+    assert costs.shape == (5, 9) and shape == (3, 3)
+    assert costs.min() >= 0 and costs.max() <= 2
+    with pytest.raises(ValueError, match="GSP"):
+        gsp.image_costs(backbone, nn.Identity(), image)
+
+
+def test_selective_gamma_is_where_mu_changes_the_kept_share():
+    # costs spread as narrowly as a trained layer's (std ~0.1): at γ = 5 every μ keeps all cells
+    torch.manual_seed(0)
+    costs = 0.9 + 0.1 * torch.randn(8, 49)
+    kept = {}
+    for gamma in (5.0, gsp.selective_gamma(costs)):
+        kept[gamma] = [float((gsp.weight_map(costs, mu, gamma, (7, 7))[0] > 0.5).float().mean())
+                       for mu in (0.15, 0.85)]
+    assert kept[5.0] == [1.0, 1.0]
+    assert kept[gsp.selective_gamma(costs)][0] < 0.7 < kept[gsp.selective_gamma(costs)][1]
+    with pytest.raises(ValueError, match="all equal"):
+        gsp.selective_gamma(torch.ones(3, 4))
+
+
+def test_weight_grid_feeds_the_slider_with_weight_map_per_setting():
+    import numpy as np
+
+    from labkit.viz.gsp import weight_map_slider  # the slider the grid feeds
+
+    costs = _one_image_costs()
+    mus, gammas = (1.0, 0.5, 0.2), (2.0, gsp.selective_gamma(costs))
+    grid = gsp.weight_grid(costs, (3, 3), mus, gammas)
+    assert set(grid) == {(m, g) for m in mus for g in gammas}
+    fig = weight_map_slider(torch.rand(1, 12, 12), grid)
+    assert len(fig.frames) == len(mus) * len(gammas)
+    order = sorted(grid, key=lambda key: (key[1], -key[0]))  # the slider's step order
+    for frame, (mu, gamma) in zip(fig.frames, order, strict=True):
+        assert frame.name == f"μ={mu:g} γ={gamma:g}"
+        expected = gsp.weight_map(costs, mu, gamma, (3, 3))[0].numpy()
+        np.testing.assert_allclose(np.asarray(frame.data[1].z), expected, atol=1e-4)
+    # different settings give different maps, so moving the slider changes the data
+    assert not np.allclose(fig.frames[-1].data[1].z, fig.frames[0].data[1].z)
+    with pytest.raises(ValueError, match="at least one"):
+        gsp.weight_grid(costs, (3, 3), (), gammas)
+    with pytest.raises(ValueError, match="mu"):
+        gsp.weight_grid(costs, (3, 3), (1.5,), gammas)

@@ -38,26 +38,13 @@ def test_prototype_maps_picks_the_busiest():
     plt.close(fig)
 
 
-def test_overlays_recall_bars_toy():
+def test_overlays_and_toy():
     fig = vg.plot_weight_overlays(torch.rand(5, 1, 28, 28), torch.rand(5, 7, 7), 0.3,
                                   titles=list("abcde"), ncols=3)
     assert len(fig.axes) == 6
     plt.close(fig)
     with pytest.raises(ValueError, match="images"):
         vg.plot_weight_overlays(torch.rand(2, 1, 8, 8), torch.rand(3, 2, 2), 0.3)
-    res = {"GAP": {f"recall@{k}": 0.5 + 0.05 * k for k in (1, 2, 4, 8)},
-           "GSP": {f"recall@{k}": 0.6 + 0.04 * k for k in (1, 2, 4, 8)}}
-    ax = vg.plot_recall_curves(res)
-    assert [line.get_ydata()[0] for line in ax.get_lines()] == pytest.approx([55.0, 64.0])
-    plt.close(ax.figure)
-    ax = vg.plot_metric_bars({"triplet": {"gap": 0.5, "gsp": 0.6}}, metric="recall@1")
-    assert [p.get_height() for p in ax.patches] == pytest.approx([50.0, 60.0])
-    assert ax.get_ylim()[0] == pytest.approx(48.0)  # zoomed: 2 points below the lowest bar
-    plt.close(ax.figure)
-    errors = {"triplet": {"gap": 0.02, "gsp": float("nan")}}  # NaN: one seed, no error bar
-    ax = vg.plot_metric_bars({"triplet": {"gap": 0.5, "gsp": 0.6}}, errors=errors, zoom=False)
-    assert ax.get_ylim()[0] == 0.0
-    plt.close(ax.figure)
     fig = vg.plot_toy_transport(torch.rand(10, 2), torch.rand(2, 2),
                                 {1.0: torch.ones(10), 0.5: torch.rand(10)})
     assert len(fig.axes) == 2
