@@ -1,7 +1,8 @@
 """Datasets behind one entry point, `load_dataset(name, split)`.
 
-In-memory sets (`mnist5k`, `digits`, `mnist`, `fashion_mnist`, `cifar10`, `cifar100`) come back
-as an `ArrayDataset`: float images in [0, 1] of shape (N, C, H, W), int64 labels, class names.
+In-memory sets (`mnist5k`, `digits`, `cluttered_mnist5k`, `mnist`, `fashion_mnist`, `cifar10`,
+`cifar100`) come back as an `ArrayDataset`: float images in [0, 1] of shape (N, C, H, W), int64
+labels, class names, and for `cluttered_mnist5k` the masks of the placed digits.
 The fine-grained metric-learning sets (`cub200`, `cars196`, `sop`) are read lazily from their
 official folder layouts with the standard zero-shot split (first half of the classes to train,
 second half to test). Nothing downloads unless asked (`download=True`).
@@ -22,9 +23,11 @@ import torch
 from PIL import Image
 
 from labkit.core import config
+from labkit.core.cluttered import FRAGMENTS, Clutter, clutter_digits
 
 EMBEDDED = ("mnist5k", "digits")  # shipped with the lab; train/test split by seed at load time
-IN_MEMORY = (*EMBEDDED, "mnist", "fashion_mnist", "cifar10", "cifar100")
+CLUTTERED = ("cluttered_mnist5k",)  # generated from mnist5k, cached under the data root
+IN_MEMORY = (*EMBEDDED, *CLUTTERED, "mnist", "fashion_mnist", "cifar10", "cifar100")
 FOLDER_SETS = ("cub200", "cars196", "sop")
 KNOWN = IN_MEMORY + FOLDER_SETS
 SPLITS = ("train", "test")
@@ -32,18 +35,23 @@ SPLITS = ("train", "test")
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """An in-memory labelled image set: images (N, C, H, W) float32 in [0, 1], labels (N,) int64."""
+    """An in-memory labelled image set: images (N, C, H, W) float32 in [0, 1], labels (N,) int64,
+    and optionally masks (N, 1, H, W) bool of each image's object (the placed digit)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
     name: str = ""
+    masks: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
             raise ValueError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+        n, _, h, w = self.images.shape
+        if self.masks is not None and tuple(self.masks.shape) != (n, 1, h, w):
+            raise ValueError(f"masks must be ({n}, 1, {h}, {w}), got {tuple(self.masks.shape)}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -57,12 +65,18 @@ class ArrayDataset:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def to(self, device: torch.device | str) -> ArrayDataset:
-        return ArrayDataset(self.images.to(device), self.labels.to(device), self.classes, self.name)
+        masks = None if self.masks is None else self.masks.to(device)
+        return ArrayDataset(self.images.to(device), self.labels.to(device), self.classes, self.name,
+                            masks)
 
-    def take(self, indices: torch.Tensor | Sequence[int]) -> ArrayDataset:
-        """The samples at `indices`, same classes."""
+    def take(self, indices: torch.Tensor | Sequence[int],
+             labels: torch.Tensor | None = None, classes: list[str] | None = None) -> ArrayDataset:
+        """The samples at `indices` (with new `labels` and `classes` if given)."""
         index = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device)
-        return ArrayDataset(self.images[index], self.labels[index], self.classes, self.name)
+        masks = None if self.masks is None else self.masks[index.to(self.masks.device)]
+        return ArrayDataset(self.images[index.to(self.images.device)],
+                            self.labels[index] if labels is None else labels,
+                            self.classes if classes is None else classes, self.name, masks)
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels.cpu(), minlength=self.num_classes)
@@ -106,10 +120,7 @@ def _subset_classes(dataset, class_ids: Sequence[int], relabel: bool):
     else:
         new_labels, classes = labels[indices], list(dataset.classes)
     if isinstance(dataset, ArrayDataset):
-        device = dataset.images.device
-        return ArrayDataset(
-            dataset.images[indices.to(device)], new_labels.to(device), classes, dataset.name
-        )
+        return dataset.take(indices, new_labels.to(dataset.labels.device), classes)
     return dataset.with_samples(indices, new_labels, classes)
 
 
@@ -157,12 +168,58 @@ def _embedded_arrays(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(np.asarray(targets)).long()
 
 
+def _split_index(labels: torch.Tensor, split: str, seed: int, test_fraction: float
+                 ) -> torch.Tensor:
+    train, test = stratified_split(labels, test_fraction, seed)
+    return train if split == "train" else test
+
+
 def _embedded(name: str, split: str, seed: int, test_fraction: float) -> ArrayDataset:
     images, labels = _embedded_arrays(name)
-    classes = [str(d) for d in range(10)]
-    train, test = stratified_split(labels, test_fraction, seed)
-    index = train if split == "train" else test
-    return ArrayDataset(images[index], labels[index], classes, name)
+    index = _split_index(labels, split, seed, test_fraction)
+    return ArrayDataset(images[index], labels[index], [str(d) for d in range(10)], name)
+
+
+def cluttered_parts(split: str, seed: int = 0, test_fraction: float = 0.2, canvas: int = 60
+                    ) -> tuple[torch.Tensor, ArrayDataset, Clutter]:
+    """How `cluttered_mnist5k`'s split is made: the indices (N,) of its digits among mnist5k's
+    5,000, those digits (`_embedded`'s split), and what `clutter_digits` drew on them."""
+    index = _split_index(_embedded_arrays("mnist5k")[1], split, seed, test_fraction)
+    digits = _embedded("mnist5k", split, seed, test_fraction)
+    # another stream per split, so train and test clutter are not drawn alike
+    made = clutter_digits(digits.images, canvas=canvas, fragments=FRAGMENTS,
+                          seed=2 * seed + SPLITS.index(split))
+    return index, digits, made
+
+
+def _cluttered(split: str, seed: int, test_fraction: float, canvas: int, root: Path
+               ) -> ArrayDataset:
+    """mnist5k's `split` cluttered (`labkit.core.cluttered`): digits and fragments from that split
+    only; generated once per (split, seed, fraction, canvas) and cached under `root`."""
+    if not 28 <= canvas <= 256:
+        raise ValueError(f"cluttered_mnist5k's canvas must be 28..256 pixels, got {canvas}")
+    path = root / "cluttered_mnist5k" / f"{split}-seed{seed}-test{test_fraction:g}-{canvas}px.pt"
+    if path.exists():
+        try:
+            payload = torch.load(path, weights_only=True)
+            return ArrayDataset(_from_bytes(payload["images"]), payload["labels"],
+                                [str(d) for d in range(10)], "cluttered_mnist5k", payload["masks"])
+        except Exception:  # noqa: BLE001 - an unreadable cache file is made again
+            path.unlink(missing_ok=True)
+    _, digits, made = cluttered_parts(split, seed, test_fraction, canvas)
+    # every pixel is some digit's k / 255: stored as bytes, read back exactly
+    stored = (made.images * 255).round().to(torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"images": stored, "labels": digits.labels, "masks": made.masks}, tmp)
+    tmp.replace(path)
+    return ArrayDataset(_from_bytes(stored), digits.labels, digits.classes, "cluttered_mnist5k",
+                        made.masks)
+
+
+def _from_bytes(images: torch.Tensor) -> torch.Tensor:
+    # mnist5k's own conversion (float64 division, then float32), so pixels equal its digits'
+    return (images.double() / 255.0).float()
 
 
 # ----------------------------------------------------------------------------- torchvision sets
@@ -382,20 +439,24 @@ def _folder_set(name: str, split: str, root: Path, image_size: int, transform) -
 
 def load_dataset(name: str, split: str = "train", *, seed: int = 0, download: bool = False,
                  root: str | Path | None = None, test_fraction: float = 0.2,
-                 image_size: int = 224, transform: Callable | None = None):
+                 image_size: int = 224, transform: Callable | None = None, canvas: int = 60):
     """Load a dataset split: an `ArrayDataset` for in-memory sets, an `ImageFolderDataset` otherwise.
 
     `seed` and `test_fraction` set the stratified split of the embedded sets (`mnist5k`: 400
-    train / 100 test images per class by default). `root` overrides `LABKIT_DATA`.
+    train / 100 test images per class by default; `cluttered_mnist5k` is made from the same
+    split, on `canvas` x `canvas` images). `root` overrides `LABKIT_DATA`.
     """
     key = name.lower().replace("-", "_")
     if key not in KNOWN:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
-    if key in EMBEDDED:
+    if key in EMBEDDED or key in CLUTTERED:
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        if key in CLUTTERED:
+            return _cluttered(split, seed, test_fraction, canvas, config.data_root()
+                              if root is None else Path(root).expanduser())
         return _embedded(key, split, seed, test_fraction)
     base = Path(root).expanduser() if root is not None else config.data_root()
     if key in _TORCHVISION:
@@ -438,8 +499,9 @@ def _zero_shot_split(name: str, num_train_classes: int | None, root: Path
         raise ValueError(f"zero_shot_split needs an in-memory dataset ({', '.join(IN_MEMORY)}); "
                          f"for {name!r} use load_dataset, which already splits by class")
     parts = [load_memoised(name, split) for split in SPLITS]
+    masks = None if parts[0].masks is None else torch.cat([p.masks for p in parts])
     full = ArrayDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                        parts[0].classes, name)
+                        parts[0].classes, name, masks)
     k = full.num_classes // 2 if num_train_classes is None else num_train_classes
     if not 1 <= k < full.num_classes:
         raise ValueError(f"num_train_classes must be in 1..{full.num_classes - 1}, got {k}")
