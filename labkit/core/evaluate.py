@@ -280,3 +280,37 @@ def geometry_summary(features: torch.Tensor, labels: torch.Tensor,
         summary["max_angle_to_target_deg"] = float(alignment_to_targets(features, labels, targets).max())
     return summary
 
+
+
+# ----------------------------------------------------------------------------- attention vs masks
+
+def mask_cover(masks: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The share of each cell of an (h, w) grid covered by the object: masks (N, 1, H, W) bool
+    -> (N, h, w) in [0, 1] (area averaging; H and W must be multiples of h and w)."""
+    if masks.ndim != 4 or masks.shape[1] != 1:
+        raise ValueError(f"masks must be (N, 1, H, W), got {tuple(masks.shape)}")
+    h, w = int(shape[0]), int(shape[1])
+    if masks.shape[2] % h or masks.shape[3] % w:
+        raise ValueError(f"a {tuple(masks.shape[2:])} mask does not tile a {h}x{w} grid")
+    return F.adaptive_avg_pool2d(masks.float(), (h, w))[:, 0]
+
+
+def mass_inside(heat: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The share of each map's mass on the object: heat (N, h, w) >= 0 (a CAM, GSP's transport
+    weights) against masks (N, 1, H, W) -> (N,) = Σ heat · cover / Σ heat. A uniform map gets
+    the object's area (`mask_cover(...).mean`), the chance level."""
+    if heat.ndim != 3 or (heat < 0).any():
+        raise ValueError(f"heat must be (N, h, w) and non-negative, got {tuple(heat.shape)}")
+    cover = mask_cover(masks.to(heat.device), heat.shape[1:])
+    total = heat.flatten(1).sum(1)
+    if (total <= 0).any():
+        raise ValueError("a map without mass has no share inside the mask")
+    return (heat * cover).flatten(1).sum(1) / total
+
+
+def pointing_hits(heat: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The pointing game: whether each map's maximum (N, h, w) falls on a cell the object
+    touches (cover > 0) -> (N,) bool. Chance: the share of cells the object touches."""
+    cover = mask_cover(masks.to(heat.device), heat.shape[1:])
+    peak = heat.flatten(1).argmax(1)
+    return cover.flatten(1).gather(1, peak[:, None])[:, 0] > 0

@@ -257,3 +257,43 @@ def test_alignment_to_targets():
 def test_class_means_with_empty_class():
     means = class_means(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0, 0]), num_classes=2)
     assert torch.equal(means, torch.tensor([[2.0, 3.0], [0.0, 0.0]]))
+
+
+# ----------------------------------------------------------------------------- attention vs masks
+
+def _square_mask():
+    """One 4x4 image whose object is its top-left 2x2 block."""
+    masks = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    masks[0, 0, :2, :2] = True
+    return masks
+
+
+def test_mask_cover_is_the_area_share_per_cell():
+    masks = _square_mask()
+    masks[0, 0, 2, 2] = True  # one pixel of the bottom-right 2x2 cell
+    cover = evaluate.mask_cover(masks, (2, 2))
+    assert torch.equal(cover, torch.tensor([[[1.0, 0.0], [0.0, 0.25]]]))
+    with pytest.raises(ValueError, match="tile"):
+        evaluate.mask_cover(masks, (3, 3))
+
+
+def test_mass_inside_by_hand():
+    masks = _square_mask()
+    heat = torch.tensor([[[3.0, 1.0], [0.0, 0.0]]])  # a 2x2 map: 3 of its 4 units on the object
+    assert evaluate.mass_inside(heat, masks).item() == pytest.approx(0.75)
+    uniform = torch.ones(1, 4, 4)
+    assert evaluate.mass_inside(uniform, masks).item() == pytest.approx(0.25)  # chance: the area
+    with pytest.raises(ValueError, match="non-negative"):
+        evaluate.mass_inside(-uniform, masks)
+    with pytest.raises(ValueError, match="without mass"):
+        evaluate.mass_inside(torch.zeros(1, 4, 4), masks)
+
+
+def test_pointing_hits_by_hand():
+    masks = _square_mask().repeat(2, 1, 1, 1)
+    heat = torch.zeros(2, 4, 4)
+    heat[0, 1, 1] = 1.0  # on the object
+    heat[1, 3, 0] = 1.0  # off it
+    assert evaluate.pointing_hits(heat, masks).tolist() == [True, False]
+    coarse = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]])  # a 2x2 map peaking on a cell the object misses
+    assert evaluate.pointing_hits(coarse, _square_mask()).tolist() == [False]
