@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.core.evaluate import mask_cover, mass_inside
 from labkit.core.models import Network, eval_mode
 
 __all__ = [
@@ -702,6 +703,18 @@ def foreground_weight_share(model: Network, images: torch.Tensor, threshold: flo
     if not mask.any() or mask.all():
         raise ValueError("the threshold leaves no ink or no background cells")
     return float(w[mask].mean()), float(w[~mask].mean())
+
+
+@torch.no_grad()
+def mass_on_object(model: Network, images: torch.Tensor, masks: torch.Tensor,
+                   mu: float | None = None, gamma: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GSP's weight on each image's object: (share of the pooling weight on the mask (N,), its
+    chance level (N,), the mask's share of the map, which is what GAP's uniform weights give),
+    for images (N, C, H, W) and masks (N, 1, H, W)."""
+    weights = weight_maps(model, images, mu, gamma)
+    cover = mask_cover(masks, weights.shape[1:])
+    return mass_inside(weights, masks), cover.flatten(1).mean(1)
 
 
 def toy_transport_example(mus: Sequence[float] = (1.0, 0.5, 0.25), gamma: float = 10.0,

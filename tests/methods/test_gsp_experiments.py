@@ -59,7 +59,8 @@ def test_quick_runs_train_evaluate_and_cache(quick):
     assert list(quick.rglob("*.pt"))  # cached
     model = res.model()
     assert isinstance(model.neck, GSP) and model.neck.mu == 0.3 and bool(model.neck.initialized)
-    assert gx.run(settings.replace(variant="gap")).model().neck.mu == 1.0
+    gap_model = gx.run(settings.replace(variant="gap")).model()
+    assert gap_model.neck.mu == 1.0
     x = torch.rand(6, 1, 28, 28)
     w = gsp.weight_maps(model, x)
     assert w.shape == (6, 7, 7)
@@ -68,6 +69,13 @@ def test_quick_runs_train_evaluate_and_cache(quick):
     img[:, :, 8:20, 8:20] = 1.0
     ink, back = gsp.foreground_weight_share(model, img)
     assert 0 <= ink <= 1 / 0.3 and 0 <= back <= 1 / 0.3
+    masks = torch.zeros(2, 1, 28, 28, dtype=torch.bool)
+    masks[:, :, 8:20, 8:20] = True
+    share, chance = gsp.mass_on_object(gap_model, img, masks)  # GAP weighs every cell alike
+    torch.testing.assert_close(share, chance)
+    torch.testing.assert_close(chance, torch.full((2,), 144 / 784))
+    share, _ = gsp.mass_on_object(model, img, masks)
+    assert ((0 <= share) & (share <= 1)).all()
     # a cached result comes back identical, without training
     assert gx.run(settings).metrics == m
 
