@@ -8,6 +8,8 @@ pairs beyond beta. Fixing one *representative* r_c per class relaxes the constra
     theta_{k+1} ~ argmin_theta  L_k(theta) + (lambda / 2) * ||theta - theta_k||^2,
 
 each solved by `lifetime` (T) SGD steps on batches that all contain the same representatives.
+`geometry_run` trains the 2-D, unnormalised run whose feasible sets can be drawn in the plane
+(a typed `GeometryResult`); the loss x variant ablation is `labkit.methods.apfs_experiments`.
 The maths, the defaults, the comparison with the authors' code and every known deviation:
 docs/methods/apfs.md.
 
@@ -28,7 +30,8 @@ How far each piece can be trusted (only the paper's abstract was available):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,7 +39,11 @@ import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
 from torch import nn
 
-from labkit.core.models import eval_mode
+from labkit.core import config, experiment
+from labkit.core.cache import cached
+from labkit.core.data import class_disjoint_split
+from labkit.core.models import FlattenLinear, Network, build_backbone, eval_mode, map_shape
+from labkit.core.train import fit
 
 LOSS_NAMES = ("contrastive", "triplet", "multi_similarity")
 MINER_NAMES = ("multi_similarity",)
@@ -529,3 +536,102 @@ class MetricLoss(nn.Module):
         if self.regularizer is not None and not self.regularizer.via_gradient:
             value = value + self.regularizer.penalty()
         return value
+
+
+# ----------------------------------------------------------------------------- the 2-D run
+# the tiny network (also the runner's), Θ_k's shares per round, and the 2-D feasible-set run
+
+def tiny_network(widths: Sequence[int], dim: int, in_channels: int = 1,
+                 image_size: int = 28) -> Network:
+    """The small trunk ("tiny") + a linear embedding of its flattened map to `dim` (no head):
+    images (B, in_channels, image_size, image_size) -> (B, dim)."""
+    backbone = build_backbone("tiny", in_channels, image_size, widths=tuple(widths))
+    c, h, w = map_shape(backbone, in_channels, image_size)
+    return Network(backbone, FlattenLinear(c * h * w, dim), head=None)
+
+
+def round_satisfaction(snapshots: Sequence[torch.Tensor], labels: torch.Tensor,
+                       representatives: np.ndarray, alpha: float, beta: float,
+                       ) -> list[dict[str, tuple[float, float]]]:
+    """Per round k, the share of Θ_k's constraints (`constraint_satisfaction`) that hold at its
+    start (snapshots[k]) and end (snapshots[k + 1]): [{"before"/"after": (intra, inter)}].
+    Shapes: snapshots (N, d) each, at least rounds + 1 of them; labels (N,) in 0..C-1;
+    representatives (rounds, C), class c's representative as a row index."""
+    rep_labels = torch.arange(representatives.shape[1])
+    out = []
+    for k, rep in enumerate(representatives):
+        index = torch.as_tensor(rep)
+        out.append({when: constraint_satisfaction(emb, labels, emb[index], rep_labels, alpha,
+                                                  beta)
+                    for when, emb in (("before", snapshots[k]), ("after", snapshots[k + 1]))})
+    return out
+
+
+@dataclass(frozen=True)
+class GeometrySettings(experiment.Settings):
+    """A 2-D, unnormalised contrastive APFS run on mnist5k digits 0-4 whose margin balls can be
+    drawn in the plane: every class in every batch, one sampler pass = one round."""
+
+    per_class: int = 100  # training images per class
+    rounds: int = 12
+    lifetime: int = 10  # T
+    samples_per_class: int = 6  # M
+    alpha: float = 0.5  # positive margin: a sample belongs within alpha of its representative
+    beta: float = 2.0  # negative margin: beyond beta of the other representatives
+    strength: float = 2e-2  # λ, as the penalty (λ/2)||θ - θ_anchor||²
+    lr: float = 3e-3
+    widths: tuple[int, ...] = (16, 32, 64)
+    seed: int = 0
+
+    PROFILES: ClassVar = {"quick": dict(per_class=30, rounds=2, lifetime=5, samples_per_class=4)}
+
+    def check(self) -> None:
+        if self.beta < self.alpha:
+            raise ValueError(f"need beta >= alpha, got alpha={self.alpha}, beta={self.beta}")
+
+
+@dataclass
+class GeometryResult:
+    """The 2-D run: train-set embeddings (N, 2) at every round boundary (snapshots[k] = start
+    of round k, rounds + 1 of them), labels (N,), the representatives (rounds, C) as dataset
+    indices, the share of Θ_k's constraints met before and after round k (satisfaction[k] =
+    {"before"/"after": (intra, inter)}), ||θ - θ_anchor|| at each round's end, class names."""
+
+    settings: GeometrySettings
+    snapshots: list[torch.Tensor]
+    labels: torch.Tensor
+    representatives: np.ndarray
+    satisfaction: list[dict[str, tuple[float, float]]]
+    round_distances: list[float]
+    classes: list[str]
+
+
+def _train_geometry(settings: GeometrySettings) -> GeometryResult:
+    config.seed_everything(settings.seed)
+    train, _ = class_disjoint_split("mnist5k", 28)
+    train = train.k_per_class(settings.per_class, seed=settings.seed)
+    model = tiny_network(settings.widths, 2)
+    t = settings.lifetime
+    sampler = RepresentativeBatchSampler(train.labels, train.num_classes,
+                                         settings.samples_per_class, t, seed=settings.seed,
+                                         batches_per_pass=t)
+    reg = ProximalRegularizer(model, float(settings.strength), t)
+    loss_fn = MetricLoss("contrastive", representatives=train.num_classes, regularizer=reg,
+                         normalize=False, pos_margin=float(settings.alpha),
+                         neg_margin=float(settings.beta))
+    # one epoch = one pass = one round, so fit's per-epoch snapshots are the round boundaries
+    history = fit(model, loss_fn, train, epochs=settings.rounds, optimizer="adam",
+                  lr=float(settings.lr), batch_sampler=sampler, callbacks=[reg],
+                  probe=train.images, device="cpu", seed=settings.seed, progress=False)
+    reps = np.stack(sampler.representative_log)  # (rounds, C) dataset indices
+    labels = train.labels.cpu()
+    return GeometryResult(settings, history.snapshots, labels, reps,
+                          round_satisfaction(history.snapshots, labels, reps, settings.alpha,
+                                             settings.beta),
+                          list(reg.round_distances), list(train.classes))
+
+
+def geometry_run(settings: GeometrySettings | None = None) -> GeometryResult:
+    """The cached 2-D run of `settings` (default: the active profile's)."""
+    settings = settings if settings is not None else GeometrySettings.for_profile()
+    return cached("apfs_geometry", settings.as_dict(), lambda: _train_geometry(settings))

@@ -9,27 +9,29 @@ evaluates retrieval on the unseen classes with `labkit.core.evaluate.retrieval_m
   sample-to-representative pairs, plus the proximal term with the anchor reset every T steps;
 - apfs+mining: the same with hard class mining from the representatives' embeddings.
 
-Runs are cached by config (`labkit.core.cache.cached`), so a notebook re-draws without retraining.
-The protocol, the defaults per profile and the deviations from the paper: docs/methods/apfs.md;
-what was measured: docs/findings/05_alternating_projections.md.
+The runner follows `labkit.core.experiment` (`Settings`, `run`, `sweep`, `summary`, `table`,
+`claims`); the λ and T sweeps are `sweep(settings, strength=...)` / `sweep(settings,
+lifetime=...)`; `step_cost` times the variants' steps side by side (a typed `StepCost`). The
+2-D feasible-set run is `labkit.methods.apfs.geometry_run`. The protocol, the defaults per
+profile and the deviations from the paper: docs/methods/apfs.md; what was measured:
+docs/findings/05_alternating_projections.md.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
-from labkit.core import config
-from labkit.core.cache import cached
+from labkit.core import config, experiment
 from labkit.core.data import ArrayDataset, MPerClassBatches, class_disjoint_split
 from labkit.core.evaluate import embed, retrieval_metrics
-from labkit.core.models import FlattenLinear, Network, PooledLinear, build_backbone, map_shape
+from labkit.core.experiment import Comparison
+from labkit.core.models import Network, PooledLinear, build_backbone
 from labkit.core.train import fit
 from labkit.methods.apfs import (
     LOSS_NAMES,
@@ -37,320 +39,224 @@ from labkit.methods.apfs import (
     MetricLoss,
     ProximalRegularizer,
     RepresentativeBatchSampler,
-    constraint_satisfaction,
     representative_embedder,
+    tiny_network,
 )
 
 VARIANTS = ("baseline", "apfs", "apfs+mining")
-FOLDER_SETS = ("cub200", "cars196", "sop")
+METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
+PROXIMAL_FORMS = ("gradient", "penalty")
 
 
-# ----------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class Settings(experiment.Settings):
+    """One APFS run. Defaults: the lab profile (mnist5k digits 0-4 train, 5-9 test, a small
+    3-block CNN); `PROFILES` holds what quick and full change. T, λ, P and M of the paper are
+    UNVERIFIED (docs/methods/apfs.md); λ is in the authors' convention, a gradient pull of
+    λ (θ - θ_anchor)."""
 
-def profile_settings() -> dict[str, Any]:
-    """Sizes for the active profile. T, lambda, P and M of the paper are UNVERIFIED
-    (docs/methods/apfs.md); lambda is in the authors' convention, a gradient pull of
-    lambda * (theta - theta_anchor)."""
-    return config.pick(
-        quick=dict(dataset="mnist5k", arch="tiny", widths=(8, 16, 32), dim=32, epochs=1,
-                   batches_per_pass=10, lifetime=5, classes_per_batch=3, samples_per_class=6,
-                   strength=2e-1, temperature=None, lr=1e-3, train_per_class=30,
-                   test_per_class=20, image_size=28, seeds=(0,), losses=("contrastive",)),
-        lab=dict(dataset="mnist5k", arch="tiny", widths=(16, 32, 64), dim=64, epochs=5,
-                 batches_per_pass=60, lifetime=10, classes_per_batch=3, samples_per_class=10,
-                 strength=2e-1, temperature=None, lr=1e-3, train_per_class=None,
-                 test_per_class=None, image_size=28, seeds=(0, 1, 2), losses=LOSS_NAMES),
-        # paper scale (untested here): the CCP follow-up's protocol, 32 = 8 classes x 4 per batch,
-        # and its regularization_coeff as lambda
-        full=dict(dataset="cub200", arch="resnet50", widths=None, dim=128, epochs=60,
-                  batches_per_pass=180, lifetime=20, classes_per_batch=8, samples_per_class=4,
-                  strength=2e-4, temperature=None, lr=1e-5, train_per_class=None,
-                  test_per_class=None, image_size=224, seeds=(0, 1, 2), losses=LOSS_NAMES),
-    )
+    loss: str = "contrastive"
+    variant: str = "apfs"  # "baseline", "apfs", "apfs+mining"
+    seed: int = 0
+    dataset: str = "mnist5k"
+    arch: str = "tiny"
+    widths: tuple[int, ...] | None = (16, 32, 64)
+    dim: int = 64
+    epochs: int = 5  # passes of the sampler
+    batches_per_pass: int = 60  # a multiple of lifetime: rounds restart with each pass
+    lifetime: int = 10  # T: steps a round keeps its representatives
+    classes_per_batch: int = 3  # P
+    samples_per_class: int = 10  # M
+    strength: float = 0.2  # λ of the proximal term
+    temperature: float | None = None  # None: nearest-class mining, else softmax over -D_rep/τ
+    lr: float = 1e-3
+    train_per_class: int | None = None  # None: every training image
+    test_per_class: int | None = None
+    image_size: int = 28
+    # "gradient": the proximal pull λ(θ - θ_anchor) added in gradient hooks (the authors' code
+    # works on gradients too: no extra graph); "penalty": (λ/2)||θ - θ_anchor||² in the loss
+    proximal: str = "gradient"
+    miner: str | None = None  # None (the authors' setting) or a pair miner of MINER_NAMES
+
+    PROFILES: ClassVar = {
+        "quick": dict(widths=(8, 16, 32), dim=32, epochs=1, batches_per_pass=10, lifetime=5,
+                      samples_per_class=6, train_per_class=30, test_per_class=20),
+        # paper scale (untested here): the CCP follow-up's protocol, 32 = 8 classes x 4 per
+        # batch, and its regularization_coeff as λ
+        "full": dict(dataset="cub200", arch="resnet50", widths=None, dim=128, epochs=60,
+                     batches_per_pass=180, lifetime=20, classes_per_batch=8,
+                     samples_per_class=4, strength=2e-4, lr=1e-5, image_size=224),
+    }
+
+    def check(self) -> None:
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSS_NAMES)}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose from "
+                             f"{', '.join(VARIANTS)}")
+        if self.miner is not None and self.miner not in MINER_NAMES:
+            raise ValueError(f"unknown miner {self.miner!r}; use None or one of {MINER_NAMES}")
+        if self.proximal not in PROXIMAL_FORMS:
+            raise ValueError(f"unknown proximal form {self.proximal!r}; use one of "
+                             f"{PROXIMAL_FORMS}")
+        if self.batches_per_pass % self.lifetime:
+            raise ValueError(f"batches_per_pass={self.batches_per_pass} must be a multiple of "
+                             f"lifetime={self.lifetime} (rounds restart with each pass)")
 
 
-def run_config(loss: str, variant: str, seed: int = 0, **overrides: Any) -> dict[str, Any]:
-    """One run's configuration (its cache key): the profile's sizes + method settings.
+@dataclass
+class Result(experiment.Result):
+    """A trained run: retrieval metrics on the unseen classes, per-epoch history, the mean
+    seconds per step, and ||θ - θ_anchor|| at each round's end (empty for the baseline)."""
 
-    miner: None (the authors' setting) or one of MINER_NAMES, the pair miner of `base_loss`."""
-    if loss not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {loss!r}; choose from {', '.join(LOSS_NAMES)}")
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    cfg = {k: v for k, v in profile_settings().items() if k not in ("seeds", "losses")}
-    # proximal="gradient": the term is applied as lambda*(theta - anchor) in gradient hooks
-    cfg.update(loss=loss, variant=variant, seed=int(seed), proximal="gradient", miner=None)
-    unknown = set(overrides) - set(cfg)
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(cfg)}")
-    cfg.update(overrides)
-    if cfg["miner"] is not None and cfg["miner"] not in MINER_NAMES:
-        raise ValueError(f"unknown miner {cfg['miner']!r}; use None or one of {MINER_NAMES}")
-    if cfg["batches_per_pass"] % cfg["lifetime"]:
-        raise ValueError(f"batches_per_pass={cfg['batches_per_pass']} must be a multiple of "
-                         f"lifetime={cfg['lifetime']} (rounds restart with each pass)")
-    return cfg
+    settings: Settings
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    seconds_per_step: float
+    round_distances: list[float]
 
 
-def load_split(cfg: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
+def load_split(settings: Settings) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) with disjoint classes: mnist5k digits 0-4 / 5-9, or a folder set's halves."""
-    train, test = class_disjoint_split(cfg["dataset"], int(cfg["image_size"]))
-    if cfg.get("train_per_class"):
-        train = train.k_per_class(int(cfg["train_per_class"]), seed=int(cfg["seed"]))
-    if cfg.get("test_per_class"):
-        test = test.k_per_class(int(cfg["test_per_class"]), seed=int(cfg["seed"]))
+    train, test = class_disjoint_split(settings.dataset, settings.image_size)
+    if settings.train_per_class:
+        train = train.k_per_class(int(settings.train_per_class), seed=settings.seed)
+    if settings.test_per_class:
+        test = test.k_per_class(int(settings.test_per_class), seed=settings.seed)
     return train, test
 
 
-def build_model(cfg: Mapping[str, Any], in_channels: int, image_size: int) -> Network:
+def build_model(settings: Settings, in_channels: int, image_size: int) -> Network:
     """Backbone + linear embedding of `dim` (no classifier head)."""
-    if cfg["arch"] == "tiny":
-        backbone = build_backbone("tiny", in_channels, image_size, widths=tuple(cfg["widths"]))
-        c, h, w = map_shape(backbone, in_channels, image_size)
-        return Network(backbone, FlattenLinear(c * h * w, int(cfg["dim"])), head=None)
-    options = {"widths": tuple(cfg["widths"])} if cfg.get("widths") else {}
-    backbone = build_backbone(cfg["arch"], in_channels, image_size, **options)
-    return Network(backbone, PooledLinear(backbone.out_channels, int(cfg["dim"])), head=None)
+    if settings.arch == "tiny":
+        return tiny_network(settings.widths, settings.dim, in_channels, image_size)
+    options = {"widths": tuple(settings.widths)} if settings.widths else {}
+    backbone = build_backbone(settings.arch, in_channels, image_size, **options)
+    return Network(backbone, PooledLinear(backbone.out_channels, settings.dim), head=None)
 
 
-def make_training(cfg: Mapping[str, Any], model: nn.Module, train: ArrayDataset,
+def make_training(settings: Settings, model: nn.Module, train: ArrayDataset,
                   ) -> tuple[MetricLoss, Any, list[Any]]:
-    """(loss_fn, batch_sampler, callbacks) of cfg's variant, with the same budget for all."""
-    p, m = int(cfg["classes_per_batch"]), int(cfg["samples_per_class"])
-    steps = int(cfg["batches_per_pass"])
-    miner = cfg.get("miner")
-    if cfg["variant"] == "baseline":
-        return (MetricLoss(cfg["loss"], miner=miner), MPerClassBatches(train.labels, m, p, steps),
+    """(loss_fn, batch_sampler, callbacks) of the settings' variant, with the same budget for
+    all. `run` and `labkit train` both build their training here."""
+    p, m = settings.classes_per_batch, settings.samples_per_class
+    steps, miner = settings.batches_per_pass, settings.miner
+    if settings.variant == "baseline":
+        return (MetricLoss(settings.loss, miner=miner), MPerClassBatches(train.labels, m, p, steps),
                 [])
-    mining = cfg["variant"] == "apfs+mining"
+    mining = settings.variant == "apfs+mining"
     sampler = RepresentativeBatchSampler(
-        train.labels, p, m, int(cfg["lifetime"]), hard_class_mining=mining,
-        seed=int(cfg["seed"]), batches_per_pass=steps, temperature=cfg["temperature"],
+        train.labels, p, m, settings.lifetime, hard_class_mining=mining, seed=settings.seed,
+        batches_per_pass=steps, temperature=settings.temperature,
         embed_fn=representative_embedder(model, train.images) if mining else None)
-    # gradient form of the proximal term (the authors' code works on gradients too): the same
-    # update as the penalty, no extra graph; the sampler guarantees the batch layout, so the
-    # per-step host check is skipped
-    reg = ProximalRegularizer(model, float(cfg["strength"]), int(cfg["lifetime"]),
-                              via_gradient=True)
-    return (MetricLoss(cfg["loss"], representatives=p, regularizer=reg, check=False,
+    reg = ProximalRegularizer(model, float(settings.strength), settings.lifetime,
+                              via_gradient=settings.proximal == "gradient")
+    # the sampler guarantees the batch layout, so the per-step host check is skipped
+    return (MetricLoss(settings.loss, representatives=p, regularizer=reg, check=False,
                        miner=miner), sampler, [reg])
 
 
-def train_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
-    """Train one configuration and evaluate retrieval on the unseen classes (not cached)."""
-    seed = int(cfg["seed"])
-    config.seed_everything(seed)
-    train, test = load_split(cfg)
-    device = config.get_device()
-    train = train.to(device)
-    c, h, _ = train.image_shape
-    model = build_model(cfg, c, h).to(device)
-    loss_fn, sampler, callbacks = make_training(cfg, model, train)
-    started = time.perf_counter()
-    history = fit(model, loss_fn, train, epochs=int(cfg["epochs"]), optimizer="adam",
-                  lr=float(cfg["lr"]), batch_sampler=sampler, callbacks=callbacks,
-                  device=device, seed=seed, progress=progress)
-    seconds = time.perf_counter() - started
-    metrics = retrieval_metrics(embed(model, test.images), test.labels.cpu(), seed=seed)
-    reg = callbacks[0] if callbacks else None
-    return {"config": dict(cfg), "metrics": metrics, "history": history.epochs,
-            "seconds_per_step": seconds / max(1, int(cfg["epochs"]) * len(sampler)),
-            "round_distances": list(reg.round_distances) if reg is not None else []}
+class APFSExperiment(experiment.Experiment):
+    """Baseline vs APFS vs APFS + hard class mining per loss, over seeds."""
+
+    cache_name = "apfs"
+    settings_type = Settings
+    group_by = ("loss", "variant")
+    metrics = METRICS
+    comparisons = (Comparison("apfs > baseline", "variant", "apfs", "baseline", "recall@1"),
+                   Comparison("mining > apfs", "variant", "apfs+mining", "apfs", "recall@1"))
+
+    def grid(self) -> dict[str, tuple]:
+        return {"loss": config.pick(quick=("contrastive",), lab=LOSS_NAMES), "variant": VARIANTS,
+                "seed": config.pick(quick=(0,), lab=(0, 1, 2))}
+
+    def train(self, settings: Settings, progress: bool) -> Result:
+        config.seed_everything(settings.seed)
+        train, test = load_split(settings)
+        device = config.get_device()
+        train = train.to(device)
+        c, h, _ = train.image_shape
+        model = build_model(settings, c, h).to(device)
+        loss_fn, sampler, callbacks = make_training(settings, model, train)
+        started = time.perf_counter()
+        history = fit(model, loss_fn, train, epochs=settings.epochs, optimizer="adam",
+                      lr=settings.lr, batch_sampler=sampler, callbacks=callbacks,
+                      device=device, seed=settings.seed, progress=progress)
+        seconds = time.perf_counter() - started
+        metrics = retrieval_metrics(embed(model, test.images), test.labels.cpu(),
+                                    seed=settings.seed)
+        return Result(settings, metrics, history.epochs,
+                      seconds / max(1, settings.epochs * len(sampler)),
+                      list(callbacks[0].round_distances) if callbacks else [])
 
 
-def run(loss: str, variant: str, seed: int = 0, progress: bool = False,
-        **overrides: Any) -> dict[str, Any]:
-    """A cached run: {"config", "metrics", "history", "seconds_per_step", "round_distances"}."""
-    cfg = run_config(loss, variant, seed, **overrides)
-    return cached("apfs", cfg, lambda: train_run(cfg, progress=progress))
+EXPERIMENT = APFSExperiment()
+run, sweep, summary, table, claims = experiment.bind(EXPERIMENT)
 
-
-def run_ablation(losses: Sequence[str] | None = None, variants: Sequence[str] = VARIANTS,
-                 seeds: Sequence[int] | None = None, progress: bool = True,
-                 **overrides: Any) -> list[dict[str, Any]]:
-    """Every (loss, variant, seed) run (cached); rows of {loss, variant, seed, **metrics}.
-
-    losses and seeds default to the profile's (quick: contrastive only, one seed)."""
-    seeds = tuple(profile_settings()["seeds"]) if seeds is None else tuple(seeds)
-    losses = tuple(profile_settings()["losses"]) if losses is None else tuple(losses)
-    jobs = [(lo, v, s) for lo in losses for v in variants for s in seeds]
-    rows = []
-    for lo, v, s in config.progress_bar(jobs, progress, desc="APFS ablation", leave=False):
-        result = run(lo, v, s, **overrides)
-        rows.append({"loss": lo, "variant": v, "seed": s, **result["metrics"],
-                     "ms_per_step": 1e3 * result["seconds_per_step"]})
-    return rows
-
-
-def summarize(rows: Sequence[Mapping[str, Any]],
-              metrics: Sequence[str] = ("recall@1", "recall@2", "recall@4", "nmi", "map@r"),
-              ) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
-    """(loss, variant) -> metric -> (mean, sample std, number of seeds)."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["loss"], row["variant"]), []).append(row)
-    out = {}
-    for key, group in groups.items():
-        out[key] = {}
-        for m in metrics:
-            values = [float(r[m]) for r in group]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            out[key][m] = (statistics.fmean(values), spread, len(values))
-    return out
-
-
-def ablation_table(rows: Sequence[Mapping[str, Any]],
-                   metrics: Sequence[str] = ("recall@1", "recall@4", "nmi", "map@r")):
-    """A pandas DataFrame: rows (loss, variant), cells "mean ± std" in percent over seeds."""
-    import pandas as pd
-
-    summary = summarize(rows, metrics)
-    records = []
-    for (loss, variant), values in summary.items():
-        record = {"loss": loss, "variant": variant, "seeds": values[metrics[0]][2]}
-        for m in metrics:
-            mean, std, _ = values[m]
-            record[m] = f"{100 * mean:.1f} ± {100 * std:.1f}"
-        records.append(record)
-    return pd.DataFrame(records).set_index(["loss", "variant"])
-
-
-class PairedGain(NamedTuple):
-    """A variant against a reference on the same seeds: gain = mean(variant - reference)."""
-
-    gain: float  # mean over seeds of the paired difference, in the metric's units
-    spread: float  # sample std of the paired differences (0 for one seed)
-    wins: int  # seeds on which the variant scores strictly higher
-    seeds: int  # seeds both were run with
-
-
-def paired_gain(rows: Sequence[Mapping[str, Any]], loss: str, variant: str, reference: str,
-                metric: str = "recall@1") -> PairedGain:
-    """``variant`` minus ``reference`` for ``loss``, paired by seed (seeds run by both only)."""
-    def by_seed(name: str) -> dict[Any, float]:
-        return {r["seed"]: float(r[metric]) for r in rows
-                if r["loss"] == loss and r["variant"] == name}
-
-    ours, theirs = by_seed(variant), by_seed(reference)
-    diffs = [ours[s] - theirs[s] for s in ours if s in theirs]
-    if not diffs:
-        return PairedGain(0.0, 0.0, 0, 0)
-    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    return PairedGain(statistics.fmean(diffs), spread, sum(d > 0 for d in diffs), len(diffs))
-
-
-def claim_checks(rows: Sequence[Mapping[str, Any]], metric: str = "recall@1",
-                 ) -> dict[str, dict[str, PairedGain]]:
-    """Per loss, the abstract's two claims as paired gains over seeds: apfs over baseline, and
-    apfs+mining over apfs. No yes/no verdict: with three seeds a one-point gain and noise look
-    alike, so read the gain with its spread and the seeds won."""
-    return {loss: {"apfs > baseline": paired_gain(rows, loss, "apfs", "baseline", metric),
-                   "mining > apfs": paired_gain(rows, loss, "apfs+mining", "apfs", metric)}
-            for loss in dict.fromkeys(r["loss"] for r in rows)}
-
-
-# ----------------------------------------------------------------------------- sweeps
 
 def sweep_values() -> dict[str, tuple]:
-    """The lambda and T values the notebook's sliders offer (each must divide batches_per_pass)."""
+    """The λ (strength) and T (lifetime) values the notebook sweeps (each T divides
+    batches_per_pass): `sweep(settings, strength=sweep_values()["strength"])`."""
     return config.pick(quick={"strength": (0.0, 0.2), "lifetime": (1, 5)},
                        lab={"strength": (0.0, 0.02, 0.2, 2.0), "lifetime": (1, 5, 10, 30)})
 
 
-def sweep(parameter: str, values: Sequence[Any], loss: str = "contrastive",
-          variant: str = "apfs", seeds: Sequence[int] = (0,), progress: bool = True,
-          **overrides: Any) -> list[dict[str, Any]]:
-    """Cached APFS runs over `parameter` ("strength" = lambda, or "lifetime" = T)."""
-    if parameter not in ("strength", "lifetime"):
-        raise ValueError(f"sweep over 'strength' (lambda) or 'lifetime' (T), got {parameter!r}")
-    rows = []
-    jobs = [(v, s) for v in values for s in seeds]
-    for value, seed in config.progress_bar(jobs, progress, desc=f"sweep {parameter}",
-                                           leave=False):
-        result = run(loss, variant, seed, **{**overrides, parameter: value})
-        rows.append({"parameter": parameter, "value": value, "seed": seed,
-                     **result["metrics"], "round_distances": result["round_distances"]})
-    return rows
-
-
-# ----------------------------------------------------------------------------- geometry
-
-def geometry_settings() -> dict[str, Any]:
-    """A 2-D, unnormalised contrastive APFS run whose margin balls can be drawn in the plane."""
-    return config.pick(
-        quick=dict(per_class=30, rounds=2, lifetime=5, samples_per_class=4),
-        lab=dict(per_class=100, rounds=12, lifetime=10, samples_per_class=6),
-    ) | dict(alpha=0.5, beta=2.0, strength=2e-2, lr=3e-3, widths=(16, 32, 64), seed=0)
-
-
-def _geometry_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    config.seed_everything(int(cfg["seed"]))
-    train, _ = class_disjoint_split("mnist5k", 28)
-    train = train.k_per_class(int(cfg["per_class"]), seed=int(cfg["seed"]))
-    model = build_model({"arch": "tiny", "widths": cfg["widths"], "dim": 2}, 1, 28)
-    t = int(cfg["lifetime"])
-    sampler = RepresentativeBatchSampler(train.labels, train.num_classes,
-                                         int(cfg["samples_per_class"]), t,
-                                         seed=int(cfg["seed"]), batches_per_pass=t)
-    reg = ProximalRegularizer(model, float(cfg["strength"]), t)
-    loss_fn = MetricLoss("contrastive", representatives=train.num_classes, regularizer=reg,
-                         normalize=False, pos_margin=float(cfg["alpha"]),
-                         neg_margin=float(cfg["beta"]))
-    # one epoch = one pass = one round, so fit's per-epoch snapshots are the round boundaries
-    history = fit(model, loss_fn, train, epochs=int(cfg["rounds"]), optimizer="adam",
-                  lr=float(cfg["lr"]), batch_sampler=sampler, callbacks=[reg],
-                  probe=train.images, device="cpu", seed=int(cfg["seed"]), progress=False)
-    snaps = history.snapshots
-    reps = np.stack(sampler.representative_log)  # (rounds, C) dataset indices
-    labels = train.labels.cpu()
-    rep_labels = torch.arange(train.num_classes)
-    sat = []
-    for k in range(len(reps)):
-        row = {}
-        for when, emb in (("before", snaps[k]), ("after", snaps[k + 1])):
-            idx = torch.as_tensor(reps[k])
-            row[when] = constraint_satisfaction(emb, labels, emb[idx], rep_labels,
-                                                cfg["alpha"], cfg["beta"])
-        sat.append(row)
-    return {"config": dict(cfg), "snapshots": snaps, "labels": labels,
-            "representatives": reps, "satisfaction": sat,
-            "round_distances": list(reg.round_distances), "classes": list(train.classes)}
-
-
-def geometry_run(**overrides: Any) -> dict[str, Any]:
-    """Cached: train-set embeddings at every round boundary (snapshots[k] = start of round k),
-    the representatives of each round, and the fraction of Theta_k's constraints that hold
-    before and after round k ("satisfaction": list of {"before"/"after": (intra, inter)})."""
-    cfg = {**geometry_settings(), **overrides}
-    return cached("apfs_geometry", cfg, lambda: _geometry_run(cfg))
-
-
 # ----------------------------------------------------------------------------- step cost
 
-def step_cost(loss: str = "contrastive", steps: int | None = None, repeats: int = 5,
-              **overrides: Any) -> dict[str, float]:
-    """Milliseconds per training step of baseline, APFS and APFS+mining, timed side by side.
+@dataclass
+class StepCost:
+    """Seconds per training step of each variant in each timed block, blocks side by side.
+    A step = next batch + forward + loss + backward + Adam step + callbacks."""
+
+    settings: Settings
+    steps: int  # steps per block
+    blocks: dict[str, list[float]]  # variant -> seconds per step of each block
+
+    def ms(self, variant: str) -> float:
+        """Mean milliseconds per step over the blocks."""
+        return 1e3 * statistics.fmean(self.blocks[variant])
+
+    def ratio(self, variant: str) -> float:
+        """`variant`'s time over the baseline's, total over total."""
+        return sum(self.blocks[variant]) / sum(self.blocks["baseline"])
+
+    def median_ratio(self, variant: str) -> float:
+        """The median of the per-block ratios: when it and `ratio` disagree about a threshold,
+        the machine was too noisy to decide."""
+        return statistics.median(a / b for a, b in zip(self.blocks[variant],
+                                                       self.blocks["baseline"], strict=True))
+
+    def as_dict(self) -> dict[str, float]:
+        """{"<variant>_ms", "<variant>/baseline", "<variant>/baseline (median block)"}."""
+        out = {f"{v}_ms": self.ms(v) for v in self.blocks}
+        for v in [v for v in self.blocks if v != "baseline"]:
+            out[f"{v}/baseline"] = self.ratio(v)
+            out[f"{v}/baseline (median block)"] = self.median_ratio(v)
+        return out
+
+
+def step_cost(settings: Settings | None = None, steps: int | None = None,
+              repeats: int = 5) -> StepCost:
+    """Baseline, APFS and APFS+mining steps of `settings` (default: the profile's), timed.
 
     Blocks of `steps` steps (default: one pass of the sampler, so each block holds whole rounds
     and the baseline's once-per-pass index building) alternate between the variants `repeats`
     times, in alternating order, after a warm-up block each, so machine noise hits all alike.
-    Ratios `<variant>/baseline` are total time over total time; `<variant>/baseline (median
-    block)` is the median of per-block ratios, as a second estimator: when the two disagree
-    about a threshold, the machine was too noisy to decide. A step = next batch + forward +
-    loss + backward + Adam step + callbacks.
     """
-    cfg = run_config(loss, "baseline", 0, **overrides)
-    train, _ = load_split(cfg)
+    settings = settings if settings is not None else Settings.for_profile()
+    train, _ = load_split(settings)
     device = config.get_device()
     train = train.to(device)
     c, h, _ = train.image_shape
     runners = {}
     for variant in VARIANTS:
-        config.seed_everything(0)
-        model = build_model(cfg, c, h).to(device).train()
-        loss_fn, sampler, callbacks = make_training({**cfg, "variant": variant}, model, train)
-        opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
+        config.seed_everything(settings.seed)
+        model = build_model(settings, c, h).to(device).train()
+        loss_fn, sampler, callbacks = make_training(settings.replace(variant=variant), model,
+                                                    train)
+        opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
         runners[variant] = (model, loss_fn, _cycle(sampler), callbacks, opt)
+    steps = settings.batches_per_pass if steps is None else int(steps)
 
     def block(variant: str) -> float:
         model, loss_fn, batches, callbacks, opt = runners[variant]
@@ -369,22 +275,15 @@ def step_cost(loss: str = "contrastive", steps: int | None = None, repeats: int 
             torch.cuda.synchronize()
         return (time.perf_counter() - started) / steps
 
-    steps = int(cfg["batches_per_pass"]) if steps is None else int(steps)
     for variant in VARIANTS:
         block(variant)  # warm-up
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    blocks: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(repeats):
-        order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
-        for variant in order:
-            times[variant].append(block(variant))
-    out = {f"{v}_ms": 1e3 * statistics.fmean(times[v]) for v in VARIANTS}
-    for v in VARIANTS[1:]:
-        out[f"{v}/baseline"] = sum(times[v]) / sum(times["baseline"])
-        out[f"{v}/baseline (median block)"] = statistics.median(
-            a / b for a, b in zip(times[v], times["baseline"], strict=True))
-    return out
+        for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+            blocks[variant].append(block(variant))
+    return StepCost(settings, steps, blocks)
 
 
-def _cycle(sampler: Any) -> Iterator[list[int]]:
+def _cycle(sampler: Any):
     while True:
         yield from sampler

@@ -1,14 +1,17 @@
-"""Figures for APFS: feasible sets in the plane, constraint satisfaction, ablation, sweeps.
+"""Figures for APFS: feasible sets in the plane, constraint satisfaction, sweeps, step cost.
 
-Matplotlib figures draw one state; `round_slider` and `sweep_slider` are their kernel-free
-counterparts (plotly figures with a frame per recorded round or swept value, see
-`labkit.viz.playable`). The method is described in docs/methods/apfs.md.
+They draw typed results: the 2-D run's `labkit.methods.apfs.GeometryResult`, the runner's
+`apfs_experiments.Result` (sweeps) and `StepCost`. The ablation's bars and recall@K curves are
+`labkit.viz.report`'s, with `VARIANT_COLORS`. `round_figure` and `sweep_figure` are the
+widgets' static counterparts; `round_slider` and `sweep_slider` are kernel-free ones (plotly
+figures with a frame per recorded round or swept value, see `labkit.viz.playable`). The method
+is described in docs/methods/apfs.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,7 +22,12 @@ from matplotlib.patches import Circle
 
 from labkit.viz.playable import Frame, add_slider, compact
 
+if TYPE_CHECKING:
+    from labkit.methods.apfs import GeometryResult
+    from labkit.methods.apfs_experiments import Result, StepCost
+
 VARIANT_COLORS = {"baseline": "#8c8c8c", "apfs": "#1f77b4", "apfs+mining": "#d62728"}
+SWEEP_SYMBOLS = {"strength": "λ", "lifetime": "T"}
 
 
 def _colors(num: int) -> list:
@@ -58,37 +66,54 @@ def draw_feasible_set(ax: Axes, embeddings: torch.Tensor, labels: torch.Tensor,
     return ax
 
 
-def plot_round(geometry: Mapping[str, Any], round_index: int, fig: Any = None) -> Figure:
-    """Before / after panels of one round of `apfs_experiments.geometry_run` (a Figure or
+def plot_round(geometry: GeometryResult, round_index: int, fig: Any = None) -> Figure:
+    """Before / after panels of one round of `labkit.methods.apfs.geometry_run` (a Figure or
     SubFigure may be passed in to draw on)."""
-    reps = geometry["representatives"]
+    reps = geometry.representatives
     if not 0 <= round_index < len(reps):
         raise ValueError(f"round_index must be in 0..{len(reps) - 1}, got {round_index}")
-    cfg = geometry["config"]
+    alpha, beta = geometry.settings.alpha, geometry.settings.beta
     fig = fig if fig is not None else plt.figure(figsize=(10, 4.6))
     fig.clear()
     axes = fig.subplots(1, 2)
-    sat = geometry["satisfaction"][round_index]
+    sat = geometry.satisfaction[round_index]
     for ax, when, snap in zip(axes, ("before", "after"),
-                              (geometry["snapshots"][round_index],
-                               geometry["snapshots"][round_index + 1]), strict=True):
+                              (geometry.snapshots[round_index],
+                               geometry.snapshots[round_index + 1]), strict=True):
         intra, inter = sat[when]
-        draw_feasible_set(ax, snap, geometry["labels"], reps[round_index], cfg["alpha"],
-                          cfg["beta"], class_names=geometry.get("classes"),
+        draw_feasible_set(ax, snap, geometry.labels, reps[round_index], alpha, beta,
+                          class_names=geometry.classes or None,
                           title=f"round {round_index} {when}: within alpha {100 * intra:.0f}%, "
                                 f"beyond beta {100 * inter:.0f}%")
     axes[0].legend(loc="best", fontsize=7, markerscale=2, title="class", title_fontsize=7)
     fig.suptitle(f"Relaxed feasible set Theta_{round_index}: representatives (stars), "
-                 f"alpha={cfg['alpha']} (solid), beta={cfg['beta']} (dashed)", fontsize=10)
+                 f"alpha={alpha} (solid), beta={beta} (dashed)", fontsize=10)
     if hasattr(fig, "tight_layout"):  # a SubFigure takes its parent's layout
         fig.tight_layout()
     return fig
 
 
-def plot_satisfaction(geometry: Mapping[str, Any], ax: Axes | None = None) -> Axes:
+def round_figure(geometry: GeometryResult, round_index: int, dpi: float | None = None
+                 ) -> Figure:
+    """`plot_round` of one round in a new figure: `RoundExplorer`'s static counterpart."""
+    return plot_round(geometry, round_index, fig=plt.figure(figsize=(10, 4.6), dpi=dpi))
+
+
+def plot_rounds(geometry: GeometryResult, rounds: Sequence[int] | None = None) -> Figure:
+    """Before/after of a few rounds (default: first, middle, last) stacked in one figure."""
+    total = len(geometry.representatives)
+    rounds = list(rounds) if rounds is not None else sorted({0, total // 2, total - 1})
+    # low dpi: this figure is stored in the notebook
+    fig = plt.figure(figsize=(10, 4.4 * len(rounds)), layout="constrained", dpi=60)
+    for sub, k in zip(fig.subfigures(len(rounds), 1, squeeze=False)[:, 0], rounds, strict=True):
+        plot_round(geometry, k, fig=sub)
+    return fig
+
+
+def plot_satisfaction(geometry: GeometryResult, ax: Axes | None = None) -> Axes:
     """Fraction of Theta_k's constraints that hold at the start and the end of each round k."""
     ax = ax if ax is not None else plt.subplots(figsize=(6, 3.2))[1]
-    sat = geometry["satisfaction"]
+    sat = geometry.satisfaction
     for j, (name, style) in enumerate((("intra (<= alpha)", "-"), ("inter (>= beta)", "--"))):
         xs, ys = [], []
         for k, row in enumerate(sat):
@@ -103,88 +128,31 @@ def plot_satisfaction(geometry: Mapping[str, Any], ax: Axes | None = None) -> Ax
     return ax
 
 
-def _grouped(rows: Sequence[Mapping[str, Any]], metric: str):
-    losses = list(dict.fromkeys(r["loss"] for r in rows))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    values = {(lo, v): [float(r[metric]) for r in rows if r["loss"] == lo and r["variant"] == v]
-              for lo in losses for v in variants}
-    return losses, variants, values
+def _swept(results: Sequence[Result], parameter: str) -> tuple[list, list]:
+    """(each result's value of `parameter`, the sorted distinct values)."""
+    if not results:
+        raise ValueError("a sweep figure needs at least one result")
+    per_result = [getattr(r.settings, parameter) for r in results]
+    return per_result, sorted(dict.fromkeys(per_result))
 
 
-def plot_ablation(rows: Sequence[Mapping[str, Any]],
-                  metrics: Sequence[str] = ("recall@1", "nmi")) -> Figure:
-    """Grouped bars (mean over seeds, error bar = std, dots = seeds) per loss and variant."""
-    if not rows:
-        raise ValueError("plot_ablation needs at least one result row")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        losses, variants, values = _grouped(rows, metric)
-        width = 0.8 / len(variants)
-        lows = []
-        for j, v in enumerate(variants):
-            xs = np.arange(len(losses)) + (j - (len(variants) - 1) / 2) * width
-            means = [np.mean(values[(lo, v)]) if values[(lo, v)] else np.nan for lo in losses]
-            stds = [np.std(values[(lo, v)], ddof=1) if len(values[(lo, v)]) > 1 else 0
-                    for lo in losses]
-            ax.bar(xs, means, width, yerr=stds, capsize=3, label=v,
-                   color=VARIANT_COLORS.get(v), alpha=0.85)
-            for x, lo in zip(xs, losses, strict=True):
-                pts = values[(lo, v)]
-                ax.scatter([x] * len(pts), pts, s=8, color="black", zorder=3)
-                lows += pts
-        ax.set_xticks(np.arange(len(losses)), [lo.replace("_", "-") for lo in losses])
-        ax.set_ylabel(metric)
-        if lows:
-            ax.set_ylim(max(0.0, min(lows) - 0.1), min(1.0, max(lows) + 0.05))
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Zero-shot retrieval on unseen classes (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_recall_curves(rows: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1, 2, 4, 8),
-                       ) -> Figure:
-    """Recall@K against K, one panel per loss, one line per variant (mean over seeds)."""
-    losses = list(dict.fromkeys(r["loss"] for r in rows))
-    fig, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3.2), squeeze=False,
-                             sharey=True)
-    for ax, loss in zip(axes[0], losses, strict=True):
-        for v in dict.fromkeys(r["variant"] for r in rows):
-            group = [r for r in rows if r["loss"] == loss and r["variant"] == v]
-            if not group:
-                continue
-            means = [np.mean([r[f"recall@{k}"] for r in group]) for k in ks]
-            ax.plot(ks, means, marker="o", label=v, color=VARIANT_COLORS.get(v))
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(ks), [str(k) for k in ks])
-        ax.set_title(loss.replace("_", "-"), fontsize=10)
-        ax.set_xlabel("K")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("recall@K")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_sweep(rows: Sequence[Mapping[str, Any]], metric: str = "recall@1",
+def plot_sweep(results: Sequence[Result], parameter: str, metric: str = "recall@1",
                highlight: Any = None, fig: Figure | None = None) -> Figure:
-    """Left: `metric` against the swept value; right: ||theta - theta_anchor|| at each round end.
+    """Runs of `apfs_experiments.sweep` over `parameter` ("strength" = λ or "lifetime" = T).
+    Left: `metric` against the swept value; right: ||theta - theta_anchor|| at each round end.
 
     `highlight` picks one swept value to draw bold (the widget's slider position).
     """
-    if not rows:
-        raise ValueError("plot_sweep needs at least one result row")
-    parameter = rows[0]["parameter"]
-    values = sorted(dict.fromkeys(r["value"] for r in rows))
+    per_result, values = _swept(results, parameter)
     fig = fig if fig is not None else plt.figure(figsize=(10, 3.4))
     fig.clear()
     left, right = fig.subplots(1, 2)
     positions = np.arange(len(values))
-    means = [np.mean([r[metric] for r in rows if r["value"] == v]) for v in values]
+    means = [np.mean([r.metrics[metric] for r, x in zip(results, per_result, strict=True)
+                      if x == v]) for v in values]
     left.plot(positions, means, marker="o", color="#1f77b4")
-    for r in rows:
-        left.scatter(values.index(r["value"]), r[metric], s=10, color="black", zorder=3)
+    for r, x in zip(results, per_result, strict=True):
+        left.scatter(values.index(x), r.metrics[metric], s=10, color="black", zorder=3)
     if highlight in values:
         i = values.index(highlight)
         left.scatter([i], [means[i]], s=120, facecolors="none", edgecolors="#d62728", lw=2)
@@ -195,7 +163,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], metric: str = "recall@1",
     left.grid(alpha=0.3)
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(values)))
     for color, v in zip(colors, values, strict=True):
-        dist = [r["round_distances"] for r in rows if r["value"] == v][0]
+        dist = next(r.round_distances for r, x in zip(results, per_result, strict=True)
+                    if x == v)
         bold = v == highlight
         right.plot(np.arange(1, len(dist) + 1), dist, color=color, lw=2.5 if bold else 1,
                    alpha=1.0 if bold or highlight is None else 0.5, label=f"{symbol}={v:g}")
@@ -208,21 +177,26 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], metric: str = "recall@1",
     return fig
 
 
-def plot_step_cost(cost: Mapping[str, float], ax: Axes | None = None) -> Axes:
+def sweep_figure(sweeps: Mapping[str, Sequence[Result]], parameter: str, value: Any,
+                 metric: str = "recall@1", dpi: float | None = None) -> Figure:
+    """`plot_sweep` of `parameter`'s runs with `value` highlighted, in a new figure:
+    `SweepExplorer`'s static counterpart. sweeps: {"strength": results, "lifetime": results}."""
+    return plot_sweep(sweeps[parameter], parameter, metric, highlight=value,
+                      fig=plt.figure(figsize=(10, 3.4), dpi=dpi))
+
+
+def plot_step_cost(cost: StepCost, ax: Axes | None = None) -> Axes:
     """Bars of ms per step from `apfs_experiments.step_cost` (measured side by side)."""
     ax = ax if ax is not None else plt.subplots(figsize=(4.5, 3))[1]
-    names = [k[:-3] for k in cost if k.endswith("_ms")]
-    ax.bar(names, [cost[f"{n}_ms"] for n in names],
+    names = list(cost.blocks)
+    ax.bar(names, [cost.ms(n) for n in names],
            color=[VARIANT_COLORS.get(n, "gray") for n in names])
-    ax.set_ylabel("ms per training step (median)")
+    ax.set_ylabel("ms per training step (mean over blocks)")
     ax.grid(axis="y", alpha=0.3)
     return ax
 
 
 # ----------------------------------------------------------------------------- kernel-free sliders
-
-SWEEP_SYMBOLS = {"strength": "λ", "lifetime": "T"}
-
 
 def _hex_colors(num: int) -> list[str]:
     from matplotlib.colors import to_hex
@@ -315,11 +289,11 @@ def _round_extent(snapshots: Sequence[Any], representatives: np.ndarray,
             [float(middle[1] - half), float(middle[1] + half)])
 
 
-def round_slider(geometry: Mapping[str, Any], max_points_per_class: int | None = 50,
+def round_slider(geometry: GeometryResult, max_points_per_class: int | None = 50,
                  vertices: int = 33) -> Any:
     """Kernel-free counterpart of `plot_round`: a plotly slider with one frame per APFS round.
 
-    geometry: `apfs_experiments.geometry_run()` (snapshots (N, 2) at round boundaries,
+    geometry: `labkit.methods.apfs.geometry_run()` (snapshots (N, 2) at round boundaries,
     representatives (rounds, C)). Frame k shows round k's start (snapshot k) and end
     (snapshot k+1): class points, each representative r_c (star) with its alpha ball (solid)
     and beta ball (dashed), and the share of Theta_k's constraints met in the title. Axis
@@ -329,8 +303,8 @@ def round_slider(geometry: Mapping[str, Any], max_points_per_class: int | None =
     """
     import plotly.graph_objects as go
 
-    reps = np.asarray(geometry["representatives"])
-    snapshots = geometry["snapshots"]
+    reps = np.asarray(geometry.representatives)
+    snapshots = geometry.snapshots
     if reps.ndim != 2 or len(reps) < 2:
         raise ValueError(f"round_slider needs representatives (rounds >= 2, C), got shape "
                          f"{reps.shape}")
@@ -339,18 +313,18 @@ def round_slider(geometry: Mapping[str, Any], max_points_per_class: int | None =
                          f"the last end), got {len(snapshots)}")
     if any(s.ndim != 2 or s.shape[1] != 2 for s in snapshots):
         raise ValueError("round_slider needs 2-D embeddings (N, 2) in every snapshot")
-    alpha, beta = float(geometry["config"]["alpha"]), float(geometry["config"]["beta"])
+    alpha, beta = float(geometry.settings.alpha), float(geometry.settings.beta)
     num_classes = reps.shape[1]
-    names = [str(n) for n in (geometry.get("classes") or range(num_classes))]
+    names = [str(n) for n in (geometry.classes or range(num_classes))]
     colors = _hex_colors(num_classes)
-    picks = class_subsample(geometry["labels"], num_classes, max_points_per_class)
+    picks = class_subsample(geometry.labels, num_classes, max_points_per_class)
     frames, styled = [], []
     for k, rep in enumerate(reps):
         traces = [trace for panel, snap in ((1, snapshots[k]), (2, snapshots[k + 1]))
                   for trace in _feasible_set_traces(snap, picks, rep, alpha, beta, names,
                                                     colors, panel, vertices)]
         styled = styled or traces
-        (intra0, inter0), (intra1, inter1) = (geometry["satisfaction"][k][when]
+        (intra0, inter0), (intra1, inter1) = (geometry.satisfaction[k][when]
                                               for when in ("before", "after"))
         title = (f"Round {k}, relaxed set Θ_{k}: start within α {100 * intra0:.0f}%, beyond β "
                  f"{100 * inter0:.0f}% → end within α {100 * intra1:.0f}%, beyond β "
@@ -375,12 +349,16 @@ def round_slider(geometry: Mapping[str, Any], max_points_per_class: int | None =
     return add_slider(fig, frames, prefix="round", active=0)
 
 
-def _sweep_traces(rows: Sequence[Mapping[str, Any]], values: Sequence[Any], selected: int,
-                  metric: str, symbol: str, slots: int) -> list[Any]:
+def _sweep_traces(results: Sequence[Result], parameter: str, selected: int, metric: str,
+                  slots: int) -> list[Any]:
     """The traces of one `sweep_slider` frame: metric vs value (left), round distances (right)."""
     import plotly.graph_objects as go
 
-    means = [float(np.mean([r[metric] for r in rows if r["value"] == v])) for v in values]
+    per_result, values = _swept(results, parameter)
+    symbol = SWEEP_SYMBOLS.get(parameter, parameter)
+    scores = [r.metrics[metric] for r in results]
+    means = [float(np.mean([s for s, x in zip(scores, per_result, strict=True) if x == v]))
+             for v in values]
     labels = [f"{v:g}" for v in values]
     left = dict(xaxis="x", yaxis="y")
     right = dict(xaxis="x2", yaxis="y2")
@@ -388,8 +366,8 @@ def _sweep_traces(rows: Sequence[Mapping[str, Any]], values: Sequence[Any], sele
         go.Scatter(x=np.arange(len(values)), y=compact(means), mode="lines+markers+text",
                    text=labels, textposition="top center", name="mean over seeds",
                    line=dict(color="#1f77b4"), **left),
-        go.Scatter(x=[values.index(r["value"]) for r in rows],
-                   y=compact([r[metric] for r in rows]), mode="markers", name="seeds",
+        go.Scatter(x=[values.index(x) for x in per_result],
+                   y=compact(scores), mode="markers", name="seeds",
                    marker=dict(size=5, color="black"), **left),
         go.Scatter(x=[selected], y=compact([means[selected]]), mode="markers",
                    name=f"{symbol} = {labels[selected]}", showlegend=False,
@@ -401,7 +379,8 @@ def _sweep_traces(rows: Sequence[Mapping[str, Any]], values: Sequence[Any], sele
         if slot >= len(values):  # this parameter has fewer values: an empty trace keeps the count
             traces.append(go.Scatter(x=[], y=[], mode="lines", showlegend=False, **right))
             continue
-        distances = next(r["round_distances"] for r in rows if r["value"] == values[slot])
+        distances = next(r.round_distances for r, x in zip(results, per_result, strict=True)
+                         if x == values[slot])
         bold = slot == selected
         traces.append(go.Scatter(
             x=compact((np.arange(len(distances)) + 1) / max(1, len(distances))),
@@ -411,39 +390,41 @@ def _sweep_traces(rows: Sequence[Mapping[str, Any]], values: Sequence[Any], sele
     return traces
 
 
-def sweep_slider(sweeps: Mapping[str, Sequence[Mapping[str, Any]]],
-                 metric: str = "recall@1") -> Any:
+def sweep_slider(sweeps: Mapping[str, Sequence[Result]], metric: str = "recall@1") -> Any:
     """Kernel-free counterpart of `plot_sweep` over every swept parameter: one frame per
     (parameter, value), e.g. "λ=0.1" or "T=10".
 
-    sweeps: {"strength": rows, "lifetime": rows} from `apfs_experiments.sweep`. Left: `metric`
-    against the parameter's values, the frame's value circled; right: ||theta - theta_anchor||
-    at each round's end (first seed) against the share of training done, the frame's value
-    bold. Axis ranges are the same in every frame. Returns a plotly Figure.
+    sweeps: {"strength": results, "lifetime": results}, each from `apfs_experiments.sweep`
+    over that field. Left: `metric` against the parameter's values, the frame's value circled;
+    right: ||theta - theta_anchor|| at each round's end (first seed) against the share of
+    training done, the frame's value bold. Axis ranges are the same in every frame. Returns a
+    plotly Figure.
     """
     import plotly.graph_objects as go
 
     if not sweeps or any(not rows for rows in sweeps.values()):
         raise ValueError("sweep_slider needs at least one non-empty sweep")
-    values = {p: sorted(dict.fromkeys(r["value"] for r in rows)) for p, rows in sweeps.items()}
+    values = {p: _swept(results, p)[1] for p, results in sweeps.items()}
     slots = max(len(v) for v in values.values())
     frames = []
-    for parameter, rows in sweeps.items():
+    for parameter, results in sweeps.items():
         symbol = SWEEP_SYMBOLS.get(parameter, parameter)
         positions = list(range(len(values[parameter])))
         xaxis = dict(domain=[0, 0.45], range=[-0.5, slots - 0.5], anchor="y", tickvals=positions,
                      ticktext=[f"{v:g}" for v in values[parameter]],
                      title=dict(text=f"{symbol} ({parameter})"))
         for i, value in enumerate(values[parameter]):
-            seeds = [r[metric] for r in rows if r["value"] == value]
+            seeds = [r.metrics[metric] for r in results
+                     if getattr(r.settings, parameter) == value]
             title = (f"APFS sweep of {symbol}: {metric} = {np.mean(seeds):.3f} at {symbol} = "
                      f"{value:g} (mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
             frames.append(Frame(f"{symbol}={value:g}",
-                                _sweep_traces(rows, values[parameter], i, metric, symbol, slots),
+                                _sweep_traces(results, parameter, i, metric, slots),
                                 {"title": {"text": title}, "xaxis": xaxis}))
-    scores = [float(r[metric]) for rows in sweeps.values() for r in rows]
+    scores = [float(r.metrics[metric]) for results in sweeps.values() for r in results]
     pad = max(0.02, 0.1 * (max(scores) - min(scores)))
-    distances = [d for rows in sweeps.values() for r in rows for d in r["round_distances"] if d > 0]
+    distances = [d for results in sweeps.values() for r in results for d in r.round_distances
+                 if d > 0]
     distance_axis = (dict(type="log", range=[np.log10(min(distances)) - 0.1,
                                              np.log10(max(distances)) + 0.1])
                      if distances else dict(type="linear"))

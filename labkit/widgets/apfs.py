@@ -1,44 +1,47 @@
 """Interactive APFS: a slider over rounds of the 2-D feasible-set run, and a slider over cached
 runs with different proximal strengths lambda or lifetimes T. Both only re-draw recorded results
-(instant), and carry a picture of their first state for stored notebooks; `static_rounds` stacks
-a few rounds in one figure. Kernel-free counterparts: `labkit.viz.apfs.round_slider` and
-`sweep_slider`. The method: docs/methods/apfs.md.
+(instant) with their static counterparts `labkit.viz.apfs.round_figure` and `sweep_figure`, and
+carry a picture of their first state for stored notebooks. Kernel-free counterparts:
+`labkit.viz.apfs.round_slider` and `sweep_slider`. The method: docs/methods/apfs.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from labkit.viz.apfs import plot_round, plot_sweep
+from labkit.viz.apfs import round_figure, sweep_figure
 from labkit.widgets.picture import with_picture
 from labkit.widgets.sync import serialized
+
+if TYPE_CHECKING:
+    from labkit.methods.apfs import GeometryResult
+    from labkit.methods.apfs_experiments import Result
 
 PICTURE_DPI = 72  # the first-state picture is stored in the notebook: keep it small
 
 
-def static_rounds(geometry: Mapping[str, Any], rounds: Sequence[int] | None = None) -> Figure:
-    """Before/after of a few rounds stacked in one figure (the widget's static fallback)."""
-    total = len(geometry["representatives"])
-    rounds = list(rounds) if rounds is not None else sorted({0, total // 2, total - 1})
-    # low dpi: this figure is stored in the notebook
-    fig = plt.figure(figsize=(10, 4.4 * len(rounds)), layout="constrained", dpi=60)
-    for sub, k in zip(fig.subfigures(len(rounds), 1, squeeze=False)[:, 0], rounds, strict=True):
-        plot_round(geometry, k, fig=sub)
-    return fig
+def _show(out: Any, fig: Figure) -> None:
+    """Replace `out`'s content by `fig`, then close it (the Output keeps the picture)."""
+    from IPython.display import display
+
+    with out:
+        out.clear_output(wait=True)
+        display(fig)
+        plt.close(fig)
 
 
 class RoundExplorer:
-    """A round slider over `apfs_experiments.geometry_run`; `.widget` is the box to display."""
+    """A round slider over `labkit.methods.apfs.geometry_run`; `.widget` is the box to display."""
 
-    def __init__(self, geometry: Mapping[str, Any]) -> None:
+    def __init__(self, geometry: GeometryResult) -> None:
         import ipywidgets as w
 
         self.geometry = geometry
-        rounds = len(geometry["representatives"])
+        rounds = len(geometry.representatives)
         self.slider = w.IntSlider(value=0, min=0, max=rounds - 1, description="round k",
                                   continuous_update=False)
         self.out = w.Output()
@@ -48,32 +51,24 @@ class RoundExplorer:
         self.redraw()
 
     def figure(self, round_index: int, dpi: float | None = None) -> Figure:
-        """`plot_round` of round `round_index` in a new figure."""
-        fig = plt.figure(figsize=(10, 4.6), dpi=dpi)
-        return plot_round(self.geometry, round_index, fig=fig)
+        """`labkit.viz.apfs.round_figure` of round `round_index`."""
+        return round_figure(self.geometry, round_index, dpi=dpi)
 
     @serialized
     def redraw(self) -> None:
-        with self.out:
-            self.out.clear_output(wait=True)
-            fig = self.figure(self.slider.value)
-            from IPython.display import display
-
-            display(fig)
-            plt.close(fig)
+        _show(self.out, self.figure(self.slider.value))
 
 
 class SweepExplorer:
     """Pick lambda or T and slide over its cached runs; `.widget` is the box to display.
 
-    sweeps: {"strength": rows, "lifetime": rows} from `apfs_experiments.sweep`.
+    sweeps: {"strength": results, "lifetime": results}, each from `apfs_experiments.sweep`.
     """
 
-    def __init__(self, sweeps: Mapping[str, Sequence[Mapping[str, Any]]],
-                 metric: str = "recall@1") -> None:
+    def __init__(self, sweeps: Mapping[str, Sequence[Result]], metric: str = "recall@1") -> None:
         import ipywidgets as w
 
-        if not sweeps or any(not rows for rows in sweeps.values()):
+        if not sweeps or any(not results for results in sweeps.values()):
             raise ValueError("SweepExplorer needs at least one non-empty sweep")
         self.sweeps, self.metric = sweeps, metric
         self.parameter = w.ToggleButtons(options=list(sweeps), description="vary")
@@ -88,7 +83,8 @@ class SweepExplorer:
         self.redraw()
 
     def _values(self, parameter: str) -> list:
-        return sorted(dict.fromkeys(r["value"] for r in self.sweeps[parameter]))
+        return sorted(dict.fromkeys(getattr(r.settings, parameter)
+                                    for r in self.sweeps[parameter]))
 
     @serialized
     def _on_parameter(self, _: Any) -> None:
@@ -96,16 +92,9 @@ class SweepExplorer:
         self.redraw()
 
     def figure(self, parameter: str, value: Any, dpi: float | None = None) -> Figure:
-        """`plot_sweep` of `parameter`'s runs with `value` highlighted, in a new figure."""
-        return plot_sweep(self.sweeps[parameter], self.metric, highlight=value,
-                          fig=plt.figure(figsize=(10, 3.4), dpi=dpi))
+        """`labkit.viz.apfs.sweep_figure` of `parameter`'s runs with `value` highlighted."""
+        return sweep_figure(self.sweeps, parameter, value, self.metric, dpi=dpi)
 
     @serialized
     def redraw(self) -> None:
-        with self.out:
-            self.out.clear_output(wait=True)
-            fig = self.figure(self.parameter.value, self.value.value)
-            from IPython.display import display
-
-            display(fig)
-            plt.close(fig)
+        _show(self.out, self.figure(self.parameter.value, self.value.value))

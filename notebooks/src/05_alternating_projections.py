@@ -27,14 +27,15 @@
 
 # %%
 import numpy as np
-import pandas as pd
 import torch
 from IPython.display import display
 
 from labkit.core import config
+from labkit.core.report import text_table
 from labkit.methods import apfs
 from labkit.methods import apfs_experiments as ax
 from labkit.viz import apfs as vapfs
+from labkit.viz import report
 from labkit.viz.playable import show
 from labkit.widgets import apfs as wapfs
 
@@ -42,8 +43,8 @@ from labkit.widgets import apfs as wapfs
 torch.set_num_threads(1)
 
 print(config.describe())
-settings = ax.profile_settings()
-for key, value in settings.items():
+settings, grid = ax.Settings.for_profile(), ax.EXPERIMENT.grid()
+for key, value in {**settings.as_dict(), **grid}.items():
     print(f"{key:>18}: {value}")
 
 # %% [markdown]
@@ -123,8 +124,8 @@ print("each pair of batches covers both groups:",
 
 # %%
 # headline figure
-geometry = ax.geometry_run()
-fig = wapfs.static_rounds(geometry, rounds=(0, len(geometry["representatives"]) - 1))
+geometry = apfs.geometry_run()
+fig = vapfs.plot_rounds(geometry, rounds=(0, len(geometry.representatives) - 1))
 
 # %% [markdown]
 # How much of Θ_k holds before and after each round: the fraction of (sample, own representative)
@@ -171,24 +172,24 @@ show(vapfs.round_slider(geometry))
 # pilot is a (small) look at the test set (`docs/findings/05_alternating_projections.md`).
 
 # %%
-rows = ax.run_ablation(progress=False)
-ax.ablation_table(rows)
+results = ax.sweep(progress=False)  # the profile's grid: losses x variants x seeds
+summary = ax.summary(results)
+print(ax.table(summary))
 
 # %%
-fig = vapfs.plot_ablation(rows, metrics=("recall@1", "nmi", "map@r"))
+fig = report.plot_grouped_bars(summary, ("recall@1", "nmi", "map@r"), colors=vapfs.VARIANT_COLORS)
 
 # %%
-fig = vapfs.plot_recall_curves(rows)
+fig = report.plot_recall_curves(summary, colors=vapfs.VARIANT_COLORS)
 
 # %% [markdown]
 # The abstract's two claims per loss, as gains paired by seed (the variant minus its reference on
 # the same seed; mean ± std over the seeds, and on how many seeds the variant scored higher):
 
 # %%
-for loss, checks in ax.claim_checks(rows).items():
-    print(f"{loss:>17}: " + "; ".join(
-        f"{claim}: {100 * g.gain:+.1f} ± {100 * g.spread:.1f} points, higher on "
-        f"{g.wins}/{g.seeds} seeds" for claim, g in checks.items()))
+for claim, per_loss in ax.claims(summary).items():
+    for loss, gain in per_loss.items():
+        print(f"{claim:15s} {loss:17s} {gain.format(100)} points")
 
 # %% [markdown]
 # ## Cost per step
@@ -205,9 +206,9 @@ for loss, checks in ax.claim_checks(rows).items():
 # %%
 # timing cell
 cost = ax.step_cost(repeats=config.pick(quick=2, lab=7))
-for key, value in cost.items():
+for key, value in cost.as_dict().items():
     print(f"{key:>34}: {value:.3f}" + (" ms" if key.endswith("_ms") else "x"))
-print("APFS within 10% of the baseline per step (total time):", cost["apfs/baseline"] <= 1.10)
+print("APFS within 10% of the baseline per step (total time):", cost.ratio("apfs") <= 1.10)
 
 # %% [markdown]
 # ## What λ and T do
@@ -219,9 +220,11 @@ print("APFS within 10% of the baseline per step (total time):", cost["apfs/basel
 # representatives change. T = 1 with λ = 0 is plain training on representative pairs.
 
 # %%
-sweeps = {p: ax.sweep(p, values, progress=False) for p, values in ax.sweep_values().items()}
-for sweep_rows in sweeps.values():
-    fig = vapfs.plot_sweep(sweep_rows)
+base = ax.Settings.for_profile(loss="contrastive", variant="apfs", seed=0)
+sweeps = {p: ax.sweep(base, progress=False, **{p: values})
+          for p, values in ax.sweep_values().items()}
+for parameter, runs in sweeps.items():
+    fig = vapfs.plot_sweep(runs, parameter)
 
 # %% [markdown]
 # Pick λ or T and slide over its cached runs (a live widget: run the notebook to move it):
@@ -242,21 +245,19 @@ show(vapfs.sweep_slider(sweeps))
 # over the seeds, then the sweeps (contrastive APFS, seed 0) and the 2-D run's constraint shares.
 
 # %%
-summary = ax.summarize(rows, metrics=("recall@1", "nmi"))
-results = pd.DataFrame(
-    [{"loss": loss, "seeds": summary[(loss, "baseline")]["recall@1"][2],
-      **{f"{metric} {variant}": f"{100 * summary[(loss, variant)][metric][0]:.1f} ± "
-                                f"{100 * summary[(loss, variant)][metric][1]:.1f}"
-         for metric in ("recall@1", "nmi") for variant in ax.VARIANTS}}
-     for loss in dict.fromkeys(r["loss"] for r in rows)]).set_index("loss")
-display(results)
-for parameter, sweep_rows in sweeps.items():
+losses = dict.fromkeys(loss for loss, _ in summary.stats)
+columns = [(metric, variant) for metric in ("recall@1", "nmi") for variant in ax.VARIANTS]
+print(text_table(["loss", "seeds", *[f"{m} {v}" for m, v in columns]],
+                 [[loss, summary.stats[(loss, "baseline")]["recall@1"].n,
+                   *[summary.stats[(loss, v)][m] for m, v in columns]] for loss in losses],
+                 scale=100, digits=1))
+for parameter, runs in sweeps.items():
     print(f"recall@1 over {parameter:>8}: " + ", ".join(
-        f"{r['value']:g}: {100 * r['recall@1']:.1f}" for r in sweep_rows))
-(intra0, inter0), (intra1, inter1) = (geometry["satisfaction"][0]["before"],
-                                      geometry["satisfaction"][-1]["after"])
+        f"{getattr(r.settings, parameter):g}: {100 * r.metrics['recall@1']:.1f}" for r in runs))
+(intra0, inter0), (intra1, inter1) = (geometry.satisfaction[0]["before"],
+                                      geometry.satisfaction[-1]["after"])
 print(f"2-D run, share of Theta_k met: round 0 start within alpha {100 * intra0:.0f}%, beyond "
-      f"beta {100 * inter0:.0f}%; round {len(geometry['satisfaction']) - 1} end within alpha "
+      f"beta {100 * inter0:.0f}%; round {len(geometry.satisfaction) - 1} end within alpha "
       f"{100 * intra1:.0f}%, beyond beta {100 * inter1:.0f}%")
 
 # %% [markdown]
@@ -290,19 +291,21 @@ print(f"2-D run, share of Theta_k met: round 0 start within alpha {100 * intra0:
 #
 # ## Exercises
 #
-# 1. **A stronger or longer projection.** Train `ax.run("contrastive", "apfs", 0, strength=2.0)`
-#    and `ax.run("contrastive", "apfs", 0, lifetime=30)` and compare their `round_distances` and
-#    `metrics["recall@1"]` with the λ = 0.2, T = 10 run. *Hint:* λ pulls each round back towards
-#    its anchor θ_k; T is the number of steps each relaxed problem gets.
-# 2. **Can the compacting constraints be met?** Run `ax.geometry_run(alpha=1.0)` (or
-#    `lifetime=30`) and draw it with `vapfs.plot_satisfaction`. Does the within-α share stop
-#    falling? *Hint:* a larger α is an easier intra-class constraint; the embedding is 2-D and
-#    unnormalised, so the balls are drawn to scale.
-# 3. **Softer class mining.** Train `ax.run("contrastive", "apfs+mining", 0, temperature=0.1)`
-#    and compare recall@1 and NMI with nearest-class mining. *Hint:* a temperature samples the
-#    hard classes with probability ∝ exp(−D_rep/τ) instead of always taking the nearest.
-# 4. **The multi-similarity miner.** Train `ax.run("multi_similarity", "apfs", 0,
-#    miner="multi_similarity")`, which adds pytorch-metric-learning's `MultiSimilarityMiner`
+# 1. **A stronger or longer projection.** Train `ax.run(base.replace(strength=2.0))` and
+#    `ax.run(base.replace(lifetime=30))` and compare their `round_distances` and
+#    `metrics["recall@1"]` with the λ = 0.2, T = 10 run, `ax.run(base)`. *Hint:* λ pulls each
+#    round back towards its anchor θ_k; T is the number of steps each relaxed problem gets.
+# 2. **Can the compacting constraints be met?** Run
+#    `apfs.geometry_run(apfs.GeometrySettings.for_profile(alpha=1.0))` (or `lifetime=30`) and
+#    draw it with `vapfs.plot_satisfaction`. Does the within-α share stop falling? *Hint:* a
+#    larger α is an easier intra-class constraint; the embedding is 2-D and unnormalised, so
+#    the balls are drawn to scale.
+# 3. **Softer class mining.** Train
+#    `ax.run(base.replace(variant="apfs+mining", temperature=0.1))` and compare recall@1 and NMI
+#    with nearest-class mining. *Hint:* a temperature samples the hard classes with probability
+#    ∝ exp(−D_rep/τ) instead of always taking the nearest.
+# 4. **The multi-similarity miner.** Train `ax.run(base.replace(loss="multi_similarity",
+#    miner="multi_similarity"))`, which adds pytorch-metric-learning's `MultiSimilarityMiner`
 #    (ε = 0.1), and compare it with the ablation's multi-similarity APFS run on seed 0. *Hint:*
 #    the miner drops the pairs that are already easy; the authors' framework has no miner here,
 #    so the ablation runs without one.

@@ -457,6 +457,31 @@ def test_constraint_satisfaction_counts():
     assert intra == 1.0 and inter == 0.5  # d(x0, r1)=3.16 >= 2.6 but d(x1, r0)=2.5 < 2.6
 
 
+def test_round_satisfaction_reads_each_round_at_its_start_and_end():
+    # two samples per class on a line; round 0's representatives are rows (0, 2), round 1's
+    # rows (1, 3); snapshots at the start of round 0, between the rounds, and at the end
+    labels = torch.tensor([0, 0, 1, 1])
+    line = [[0.0, 0.4, 1.0, 5.0], [0.0, 1.5, 3.0, 3.1], [0.0, 2.0, 4.2, 4.1]]
+    snapshots = [torch.tensor([[x, 0.0] for x in xs]) for xs in line]
+    rows = apfs.round_satisfaction(snapshots, labels, np.array([[0, 2], [1, 3]]),
+                                   alpha=0.5, beta=2.0)
+    assert len(rows) == 2
+    # round 0 start, reps at 0 and 1: within alpha 0, 0.4, 0 (not 4); beyond beta only 5
+    assert rows[0]["before"] == (0.75, 0.25)
+    # the middle snapshot read with round 0's reps (0, 3): within 0, 0, 0.1 (not 1.5); beyond
+    # 3, 3, 3.1 (not 1.5)
+    assert rows[0]["after"] == (0.75, 0.75)
+    # the same snapshot with round 1's reps (1.5, 3.1): beyond only 3.1 (1.6, 1.5, 1.6 are not)
+    assert rows[1]["before"] == (0.75, 0.25)
+    # the end, reps at 2 and 4.1: within 0, 0.1, 0 (not 2); beyond 4.1, 2.1, 2.2, 2.1
+    assert rows[1]["after"] == (0.75, 1.0)
+
+
+def test_tiny_network_embeds_to_dim():
+    net = apfs.tiny_network((4, 8, 8), 2)
+    assert net(torch.rand(3, 1, 28, 28)).shape == (3, 2) and net.head is None
+
+
 # ----------------------------------------------------------------------------- a small run
 
 def _blobs(seed, num_classes=6, per_class=30, dim=8):

@@ -1,6 +1,9 @@
-"""APFS runners on tiny data: configs, samplers with equal budgets, a quick cached ablation."""
+"""APFS runner on tiny data: settings, samplers with equal budgets, a quick cached ablation,
+the contract's summary and claims on known results, sweeps, the 2-D run, the step cost."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ from torch import nn
 
 from labkit.core import config
 from labkit.core.data import ArrayDataset
+from labkit.methods import apfs
 from labkit.methods import apfs_experiments as X
 from labkit.methods.apfs import ProximalRegularizer, RepresentativeBatchSampler
 
@@ -27,7 +31,11 @@ def _digits_like(seed: int, offset: int) -> ArrayDataset:
 @pytest.fixture(autouse=True)
 def _quick(monkeypatch, tmp_path):
     # the runners' data entry point, replaced by synthetic images so tests take seconds
-    monkeypatch.setattr(X, "class_disjoint_split", lambda name, size: (_digits_like(0, 0), _digits_like(1, 5)))
+    def split(name, size):
+        return _digits_like(0, 0), _digits_like(1, 5)
+
+    monkeypatch.setattr(X, "class_disjoint_split", split)
+    monkeypatch.setattr(apfs, "class_disjoint_split", split)  # the 2-D run's
     monkeypatch.setenv("LABKIT_PROFILE", "quick")
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LABKIT_DEVICE", "cpu")
@@ -35,29 +43,46 @@ def _quick(monkeypatch, tmp_path):
         yield
 
 
-def test_run_config_validates():
-    cfg = X.run_config("triplet", "apfs", 3)
-    assert cfg["loss"] == "triplet" and cfg["seed"] == 3 and cfg["dataset"] == "mnist5k"
+TINY = dict(batches_per_pass=5, train_per_class=20, test_per_class=10)
+
+
+def _result(variant: str, seed: int, recall: float) -> X.Result:
+    """A typed triplet result with known recall@1 (no training)."""
+    return X.Result(X.Settings(loss="triplet", variant=variant, seed=seed),
+                    {"recall@1": recall}, [], 0.0, [])
+
+
+def test_settings_profiles_and_checks():
+    s = X.Settings.for_profile(loss="triplet", seed=3)
+    assert (s.loss, s.seed, s.dataset, s.epochs, s.dim) == ("triplet", 3, "mnist5k", 1, 32)
+    assert (s.proximal, s.miner, s.variant) == ("gradient", None, "apfs")
+    assert X.Settings.for_profile("lab") == X.Settings()
+    full = X.Settings.for_profile("full")
+    assert (full.dataset, full.arch, full.widths, full.image_size) == ("cub200", "resnet50",
+                                                                       None, 224)
+    assert X.Settings(widths=[16, 32, 64]) == X.Settings()  # TOML lists equal tuples
     with pytest.raises(ValueError, match="unknown loss"):
-        X.run_config("arcface", "apfs")
+        X.Settings(loss="arcface")
     with pytest.raises(ValueError, match="unknown variant"):
-        X.run_config("triplet", "proxy")
-    with pytest.raises(ValueError, match="unknown config keys"):
-        X.run_config("triplet", "apfs", nonsense=1)
+        X.Settings(variant="proxy")
+    with pytest.raises(ValueError, match="unknown settings .*nonsense"):
+        X.Settings.build(nonsense=1)
     with pytest.raises(ValueError, match="multiple of"):
-        X.run_config("triplet", "apfs", batches_per_pass=7, lifetime=5)
+        X.Settings(batches_per_pass=7, lifetime=5)
     with pytest.raises(ValueError, match="unknown miner"):
-        X.run_config("multi_similarity", "apfs", miner="hard_negative")
+        X.Settings(loss="multi_similarity", miner="hard_negative")
+    with pytest.raises(ValueError, match="proximal form"):
+        X.Settings(proximal="exact")
+    assert X.EXPERIMENT.grid() == {"loss": ("contrastive",), "variant": X.VARIANTS,
+                                   "seed": (0,)}
 
 
-def test_run_config_records_the_miner_and_training_uses_it():
+def test_settings_record_the_miner_and_training_uses_it():
     train = _digits_like(0, 0)
-    # no miner by default (the authors' framework has none), and the cache key says so
-    assert X.run_config("multi_similarity", "apfs")["miner"] is None
     for variant in X.VARIANTS:
         for miner in (None, "multi_similarity"):
-            cfg = X.run_config("multi_similarity", variant, miner=miner)
-            loss_fn, _, _ = X.make_training(cfg, X.build_model(cfg, 1, 28), train)
+            s = X.Settings.for_profile(loss="multi_similarity", variant=variant, miner=miner)
+            loss_fn, _, _ = X.make_training(s, X.build_model(s, 1, 28), train)
             assert isinstance(loss_fn.miner, miners.MultiSimilarityMiner) == (miner is not None)
 
 
@@ -67,13 +92,13 @@ def test_variants_share_the_budget():
     train = ArrayDataset(images, labels, [str(i) for i in range(5)])
     sizes = {}
     for variant in X.VARIANTS:
-        cfg = X.run_config("contrastive", variant)
-        model = X.build_model(cfg, 1, 28)
-        loss_fn, sampler, callbacks = X.make_training(cfg, model, train)
+        s = X.Settings.for_profile(variant=variant)
+        model = X.build_model(s, 1, 28)
+        loss_fn, sampler, callbacks = X.make_training(s, model, train)
         batches = list(sampler)
         sizes[variant] = (len(sampler), tuple(sorted({len(b) for b in batches})))
         classes = [len(set(labels[b].tolist())) for b in batches]
-        assert set(classes) == {cfg["classes_per_batch"]}
+        assert set(classes) == {s.classes_per_batch}
         if variant == "baseline":
             assert loss_fn.representatives == 0 and not callbacks
         else:
@@ -83,70 +108,123 @@ def test_variants_share_the_budget():
     assert len(set(sizes.values())) == 1
 
 
+def test_both_proximal_forms_give_the_same_gradient():
+    train = _digits_like(0, 0)
+    grads, batches = {}, {}
+    for form in X.PROXIMAL_FORMS:
+        torch.manual_seed(0)
+        s = X.Settings.for_profile(proximal=form)
+        model = X.build_model(s, 1, 28).double()
+        loss_fn, sampler, (reg,) = X.make_training(s, model, train)
+        assert reg.via_gradient == (form == "gradient")
+        with torch.no_grad():  # move the weights off the anchors
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, dtype=p.dtype))
+        batch = batches[form] = next(iter(sampler))
+        loss_fn(model, train.images[batch].double(), train.labels[batch]).backward()
+        grads[form] = [p.grad.clone() for p in model.parameters()]
+    assert batches["gradient"] == batches["penalty"]
+    for a, b in zip(grads["gradient"], grads["penalty"], strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_quick_ablation_runs_caches_and_summarises():
-    tiny = dict(batches_per_pass=5, train_per_class=20, test_per_class=10)
-    rows = X.run_ablation(losses=("contrastive",), seeds=(0,), progress=False, **tiny)
-    assert [(r["loss"], r["variant"]) for r in rows] == [("contrastive", v) for v in X.VARIANTS]
-    for r in rows:
-        assert 0 <= r["recall@1"] <= r["recall@2"] <= r["recall@8"] <= 1
-    again = X.run_ablation(losses=("contrastive",), seeds=(0,), progress=False, **tiny)
-    assert [r["recall@1"] for r in again] == [r["recall@1"] for r in rows]  # from the cache
-    table = X.ablation_table(rows + [{**rows[0], "seed": 1, "recall@1": 0.0}])
-    assert table.loc[("contrastive", "baseline"), "seeds"] == 2
-    assert "±" in table.loc[("contrastive", "apfs"), "recall@1"]
-    checks = X.claim_checks(rows)
-    assert set(checks["contrastive"]) == {"apfs > baseline", "mining > apfs"}
+    settings = X.Settings.for_profile(**TINY)
+    results = X.sweep(settings, progress=False)  # the quick grid: contrastive x variants
+    assert all(isinstance(r, X.Result) for r in results)
+    assert [(r.settings.loss, r.settings.variant) for r in results] == [
+        ("contrastive", v) for v in X.VARIANTS]
+    for r in results:
+        assert 0 <= r.metrics["recall@1"] <= r.metrics["recall@2"] <= r.metrics["recall@8"] <= 1
+        assert r.seconds_per_step > 0 and len(r.history) == 1
+    assert results[0].round_distances == [] and len(results[1].round_distances) == 1
+    again = X.sweep(settings, progress=False)
+    assert [r.metrics for r in again] == [r.metrics for r in results]  # from the cache
+    second = dataclasses.replace(results[0], settings=results[0].settings.replace(seed=1),
+                                 metrics={**results[0].metrics, "recall@1": 0.0})
+    summary = X.summary([*results, second])
+    assert summary.stats[("contrastive", "baseline")]["recall@1"].n == 2
+    table = X.table(summary)
+    assert "±" in table.splitlines()[2] and "map@r" in table.splitlines()[0]
+    claims = X.claims(X.summary(results))
+    assert set(claims) == {"apfs > baseline", "mining > apfs"}
+    gain = claims["mining > apfs"]["contrastive"]
+    assert gain.seeds == 1 and gain.gain == pytest.approx(
+        results[2].metrics["recall@1"] - results[1].metrics["recall@1"])
 
 
-def test_summarize_and_claim_checks_on_known_rows():
-    rows = [{"loss": "t", "variant": v, "seed": s, "recall@1": base + 0.1 * s}
-            for v, base in (("baseline", 0.5), ("apfs", 0.6), ("apfs+mining", 0.55))
-            for s in (0, 1)]
-    summary = X.summarize(rows, ("recall@1",))
-    mean, std, n = summary[("t", "apfs")]["recall@1"]
-    assert n == 2 and mean == pytest.approx(0.65) and std == pytest.approx(0.1 / 2 ** 0.5)
-    checks = X.claim_checks(rows)["t"]
-    assert checks["apfs > baseline"] == pytest.approx((0.1, 0.0, 2, 2))
-    assert checks["mining > apfs"] == pytest.approx((-0.05, 0.0, 0, 2))
+def test_summary_and_claims_on_known_results():
+    results = [_result(v, s, base + 0.1 * s)
+               for v, base in (("baseline", 0.5), ("apfs", 0.6), ("apfs+mining", 0.55))
+               for s in (0, 1)]
+    summary = X.summary(results)
+    spread = summary.stats[("triplet", "apfs")]["recall@1"]
+    assert spread.n == 2 and spread.mean == pytest.approx(0.65)
+    assert spread.std == pytest.approx(0.1 / 2 ** 0.5)
+    claims = {name: dataclasses.astuple(gains["triplet"])
+              for name, gains in X.claims(summary).items()}
+    assert claims["apfs > baseline"] == pytest.approx((0.1, 0.0, 2, 2))
+    assert claims["mining > apfs"] == pytest.approx((-0.05, 0.0, 0, 2))
 
 
-def test_paired_gain_pairs_by_seed():
+def test_claims_pair_by_seed():
     # the variant loses on both shared seeds but has the higher mean over all its seeds (0.63
     # against 0.55): unpaired means would call that a gain; seed 2 has nothing to pair with
-    rows = ([{"loss": "t", "variant": "apfs", "seed": s, "recall@1": v}
-             for s, v in ((0, 0.40), (1, 0.60), (2, 0.90))]
-            + [{"loss": "t", "variant": "baseline", "seed": s, "recall@1": v}
-               for s, v in ((1, 0.65), (0, 0.45))])
-    gain = X.paired_gain(rows, "t", "apfs", "baseline")
+    results = ([_result("apfs", s, v) for s, v in ((0, 0.40), (1, 0.60), (2, 0.90))]
+               + [_result("baseline", s, v) for s, v in ((1, 0.65), (0, 0.45))])
+    claims = X.claims(X.summary(results))
+    gain = claims["apfs > baseline"]["triplet"]
     assert gain.seeds == 2 and gain.wins == 0
     assert gain.gain == pytest.approx(-0.05) and gain.spread == pytest.approx(0.0, abs=1e-12)
-    assert X.paired_gain(rows, "t", "apfs", "apfs+mining") == (0.0, 0.0, 0, 0)
+    assert "mining > apfs" not in claims  # no apfs+mining runs: nothing to claim
 
 
-def test_sweep_and_geometry_run():
-    rows = X.sweep("lifetime", (1, 5), progress=False, train_per_class=20, test_per_class=10)
-    assert [r["value"] for r in rows] == [1, 5]
-    assert len(rows[0]["round_distances"]) == 10 and len(rows[1]["round_distances"]) == 2
+def test_sweep_over_lifetime_records_round_distances():
+    base = X.Settings.for_profile(train_per_class=20, test_per_class=10)
+    results = X.sweep(base, lifetime=(1, 5), progress=False)
+    assert [r.settings.lifetime for r in results] == [1, 5]
+    assert all(r.settings.replace(lifetime=5) == base for r in results)
+    # 10 steps: a round per step for T = 1, two rounds for T = 5
+    assert len(results[0].round_distances) == 10 and len(results[1].round_distances) == 2
+    assert all(d > 0 for r in results for d in r.round_distances)
     assert set(X.sweep_values()) == {"strength", "lifetime"}
-    with pytest.raises(ValueError, match="sweep over"):
-        X.sweep("lr", (1,))
-    geo = X.geometry_run(per_class=10, rounds=2, lifetime=3)
-    rounds = geo["config"]["rounds"]
-    assert len(geo["snapshots"]) == rounds + 1 and geo["representatives"].shape == (rounds, 5)
-    assert geo["snapshots"][0].shape == (5 * geo["config"]["per_class"], 2)
-    for row in geo["satisfaction"]:
+    with pytest.raises(ValueError, match="unknown settings"):
+        X.sweep(base, lr_typo=(1,))
+
+
+def test_geometry_run():
+    settings = apfs.GeometrySettings.for_profile(per_class=10, rounds=2, lifetime=3)
+    geo = apfs.geometry_run(settings)
+    assert isinstance(geo, apfs.GeometryResult) and geo.settings == settings
+    assert len(geo.snapshots) == 3 and geo.representatives.shape == (2, 5)
+    assert geo.snapshots[0].shape == (5 * 10, 2) and len(geo.round_distances) == 2
+    assert geo.satisfaction == apfs.round_satisfaction(geo.snapshots, geo.labels,
+                                                       geo.representatives, 0.5, 2.0)
+    for row in geo.satisfaction:
         for when in ("before", "after"):
             assert all(0 <= f <= 1 for f in row[when])
+    assert apfs.geometry_run(settings).round_distances == geo.round_distances  # cached
+    with pytest.raises(ValueError, match="beta >= alpha"):
+        apfs.GeometrySettings(alpha=3.0)
 
 
 def test_step_cost_reports_all_variants():
     cost = X.step_cost(steps=2, repeats=2)
-    assert set(cost) == {"baseline_ms", "apfs_ms", "apfs+mining_ms", "apfs/baseline",
-                         "apfs+mining/baseline", "apfs/baseline (median block)",
-                         "apfs+mining/baseline (median block)"}
-    assert all(v > 0 for v in cost.values())
+    assert isinstance(cost, X.StepCost) and cost.steps == 2
+    assert set(cost.as_dict()) == {"baseline_ms", "apfs_ms", "apfs+mining_ms", "apfs/baseline",
+                                   "apfs+mining/baseline", "apfs/baseline (median block)",
+                                   "apfs+mining/baseline (median block)"}
+    assert all(len(blocks) == 2 and min(blocks) > 0 for blocks in cost.blocks.values())
     # total/total: the ratio of the mean block times
-    assert cost["apfs/baseline"] == pytest.approx(cost["apfs_ms"] / cost["baseline_ms"])
+    assert cost.ratio("apfs") == pytest.approx(cost.ms("apfs") / cost.ms("baseline"))
+
+
+def test_step_cost_ratios_on_known_blocks():
+    cost = X.StepCost(X.Settings(), 4, {"baseline": [1.0, 1.0, 4.0], "apfs": [2.0, 1.5, 4.0]})
+    assert cost.ms("apfs") == pytest.approx(2500.0)
+    assert cost.ratio("apfs") == pytest.approx(7.5 / 6.0)  # total over total
+    assert cost.median_ratio("apfs") == pytest.approx(1.5)  # of 2, 1.5 and 1
+    assert cost.as_dict()["apfs/baseline (median block)"] == pytest.approx(1.5)
 
 
 # the profiles' lambda values before issue 16, when the term was lambda * ||theta - anchor||^2
@@ -178,8 +256,8 @@ def _proximal_shift(strength: float, via_gradient: bool,
 @pytest.mark.parametrize("profile", ["quick", "lab", "full"])
 def test_profile_lambdas_keep_the_old_pull(monkeypatch, profile):
     monkeypatch.setenv("LABKIT_PROFILE", profile)
-    pairs = [(X.profile_settings()["strength"], OLD_STRENGTH[profile], True),
-             (X.geometry_settings()["strength"], OLD_GEOMETRY_STRENGTH, False)]
+    pairs = [(X.Settings.for_profile().strength, OLD_STRENGTH[profile], True),
+             (apfs.GeometrySettings.for_profile().strength, OLD_GEOMETRY_STRENGTH, False)]
     if profile in OLD_SWEEP:
         new_sweep = X.sweep_values()["strength"]
         assert len(new_sweep) == len(OLD_SWEEP[profile])

@@ -12,18 +12,27 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from labkit.methods import apfs_experiments as X  # noqa: E402
+from labkit.methods.apfs import GeometryResult, GeometrySettings  # noqa: E402
+from labkit.viz import apfs as V  # noqa: E402
 from labkit.widgets import apfs as W  # noqa: E402
 
 
-def fake_geometry(rounds=3, per_class=5, classes=3):
+def fake_geometry(rounds=3, per_class=5, classes=3) -> GeometryResult:
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(classes).repeat_interleave(per_class)
-    return {"config": {"alpha": 0.5, "beta": 2.0},
-            "snapshots": [torch.randn(len(labels), 2, generator=g) for _ in range(rounds + 1)],
-            "labels": labels,
-            "representatives": np.stack([[c * per_class + k for c in range(classes)]
-                                         for k in range(rounds)]),
-            "satisfaction": [{"before": (0.2, 0.5), "after": (0.6, 0.7)}] * rounds}
+    return GeometryResult(
+        GeometrySettings(rounds=rounds),
+        [torch.randn(len(labels), 2, generator=g) for _ in range(rounds + 1)], labels,
+        np.stack([[c * per_class + k for c in range(classes)] for k in range(rounds)]),
+        [{"before": (0.2, 0.5), "after": (0.6, 0.7)}] * rounds, [1.0] * rounds, [])
+
+
+def _sweeps() -> dict[str, list[X.Result]]:
+    """Typed APFS results over λ and T with known recall (no training)."""
+    return {p: [X.Result(X.Settings(**{p: v}), {"recall@1": 0.5 + v / 100}, [], 0.0, [1.0, 0.5])
+                for v in values]
+            for p, values in (("strength", (0.0, 0.1)), ("lifetime", (1, 10, 30)))}
 
 
 def test_round_explorer_follows_the_slider():
@@ -32,16 +41,11 @@ def test_round_explorer_follows_the_slider():
     explorer.slider.value = 2
     fig = explorer.figure(explorer.slider.value)
     assert "round 2" in fig.axes[0].get_title()
-    fig = W.static_rounds(fake_geometry())
-    assert len(fig.axes) == 6  # rounds 0, 1, 2: before and after each
     plt.close("all")
 
 
 def test_sweep_explorer_switches_parameter():
-    sweeps = {p: [{"parameter": p, "value": v, "seed": 0, "recall@1": 0.5 + v / 100,
-                   "round_distances": [1.0, 0.5]} for v in values]
-              for p, values in (("strength", (0.0, 0.1)), ("lifetime", (1, 10, 30)))}
-    explorer = W.SweepExplorer(sweeps)
+    explorer = W.SweepExplorer(_sweeps())
     explorer.parameter.value = "lifetime"
     assert list(explorer.value.options) == [1, 10, 30]
     explorer.value.value = 30
@@ -52,12 +56,6 @@ def test_sweep_explorer_switches_parameter():
     plt.close("all")
 
 
-def _sweeps():
-    return {p: [{"parameter": p, "value": v, "seed": 0, "recall@1": 0.5 + v / 100,
-                 "round_distances": [1.0, 0.5]} for v in values]
-            for p, values in (("strength", (0.0, 0.1)), ("lifetime", (1, 10, 30)))}
-
-
 def _png_of(figure) -> bytes:
     from labkit.widgets.picture import figure_png
 
@@ -65,28 +63,23 @@ def _png_of(figure) -> bytes:
 
 
 def test_round_explorer_shows_a_picture_of_round_zero_not_its_repr():
-    from labkit.viz.apfs import plot_round
-
     geometry = fake_geometry()
     explorer = W.RoundExplorer(geometry)
     bundle = explorer.widget._repr_mimebundle_()
     assert "image/png" in bundle
     assert "VBox" not in bundle["text/plain"] and "RoundExplorer" in bundle["text/plain"]
-    first = plot_round(geometry, 0, fig=plt.figure(figsize=(10, 4.6), dpi=W.PICTURE_DPI))
+    first = V.round_figure(geometry, 0, dpi=W.PICTURE_DPI)  # the static counterpart
     assert base64.b64decode(bundle["image/png"]) == _png_of(first)
-    last = plot_round(geometry, 2, fig=plt.figure(figsize=(10, 4.6), dpi=W.PICTURE_DPI))
+    last = V.round_figure(geometry, 2, dpi=W.PICTURE_DPI)
     assert base64.b64decode(bundle["image/png"]) != _png_of(last)
 
 
 def test_sweep_explorer_shows_a_picture_of_its_first_value_not_its_repr():
-    from labkit.viz.apfs import plot_sweep
-
     sweeps = _sweeps()
     explorer = W.SweepExplorer(sweeps)
     bundle = explorer.widget._repr_mimebundle_()
     assert "image/png" in bundle
     assert "VBox" not in bundle["text/plain"] and "SweepExplorer" in bundle["text/plain"]
-    first = plot_sweep(sweeps["strength"], highlight=0.0,
-                       fig=plt.figure(figsize=(10, 3.4), dpi=W.PICTURE_DPI))
+    first = V.sweep_figure(sweeps, "strength", 0.0, dpi=W.PICTURE_DPI)
     assert base64.b64decode(bundle["image/png"]) == _png_of(first)
     assert plt.get_fignums() == []  # the picture's figure is closed, not left for the notebook
