@@ -25,7 +25,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """`labkit train`'s options (here, so that other commands need not import torch)."""
     parser.add_argument("method", help="reponet, fdl, interchange, gsp or apfs")
     parser.add_argument("--config", default="quick",
-                        help="a bundled config (quick, lab, paper) or a .toml file (default quick)")
+                        help="a bundled config (quick, lab, paper, ...: labkit/configs/METHOD) or a "
+                             ".toml file (default quick)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change one config key (repeatable; the value is read as TOML)")
     parser.add_argument("--out", type=Path, default=None,

@@ -3,11 +3,11 @@
     labkit train gsp --config quick --out runs/gsp-quick
     torchrun --standalone --nproc-per-node 2 -m labkit.cli.main train gsp --config lab --out ...
 
-A config holds the runner's `run_config` keys (`labkit/configs/<method>/<name>.toml`, or any TOML
+A config holds the runner's config keys (`labkit/configs/<method>/<name>.toml`, or any TOML
 file); `--set key=value` changes one (the value is read as TOML, else taken as a string; "none"
 is None). Everything that can be checked is checked before training: the method, the keys
 (unknown ones fail, naming the valid ones), the batch against the number of ranks, the dataset
-(a missing one says where it was looked for) and whether its classes fill a batch.
+(a missing one says where it was looked for) and whether it fills a batch.
 
 Outputs in --out: metrics.jsonl (one row per step: step, epoch, loss averaged over ranks,
 images_per_s; an evaluation row at the end), checkpoint.pt (every --checkpoint-every steps, on
@@ -33,7 +33,8 @@ from typing import Any
 from labkit.core import distributed as D
 from labkit.core import loop
 from labkit.core.cache import cache_path, cached, config_key
-from labkit.methods.train_jobs import BUILDERS, CACHE_NAMES, RUNNERS, batch_shape, total_steps
+from labkit.methods import train_jobs
+from labkit.methods.train_jobs import BUILDERS, CACHE_NAMES, IDENTITY
 
 try:
     import tomllib
@@ -51,12 +52,7 @@ def check_method(method: str) -> str:
     """`method` if `labkit train` can train it, else a ValueError saying what can."""
     if method in BUILDERS:
         return method
-    supported = ", ".join(sorted(BUILDERS))
-    if method in METHODS:
-        raise ValueError(f"{method!r} is not yet supported by labkit train: it trains "
-                         f"{supported} for now")
-    raise ValueError(f"unknown method {method!r}; the methods are {', '.join(METHODS)} "
-                     f"(labkit train supports {supported})")
+    raise ValueError(f"unknown method {method!r}; the methods are {', '.join(METHODS)}")
 
 
 def bundled_configs(method: str) -> list[str]:
@@ -105,9 +101,12 @@ def _none(value: Any) -> Any:
     return None if isinstance(value, str) and value.lower() == "none" else value
 
 
-def _check_types(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-    """A value must have its default's kind (number, string, list, bool); None is always
-    allowed (the runners read it as "not set")."""
+def _checked_types(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """cfg, each value of its default's kind (number, string, list, bool, table): a whole float
+    where an int belongs is that int, an int where a float belongs that float, so that the
+    cache key is the one the runner's own call would give; None is always allowed (the runners
+    read it as "not set")."""
+    out = dict(cfg)
     for key, value in cfg.items():
         default = defaults.get(key)
         if value is None or default is None:
@@ -116,8 +115,12 @@ def _check_types(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
             ok = isinstance(value, bool) and isinstance(default, bool)
         elif isinstance(default, int):
             ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            if ok:
+                out[key] = int(value)
         elif isinstance(default, float):
             ok = isinstance(value, (int, float))
+            if ok:
+                out[key] = float(value)
         elif isinstance(default, (list, tuple)):
             ok = isinstance(value, (list, tuple))
         else:
@@ -125,41 +128,41 @@ def _check_types(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
         if not ok:
             raise ValueError(f"config key {key} = {value!r} should be like its default "
                              f"{default!r}")
+    return out
 
 
 def resolve_config(method: str, name_or_path: str, sets: Sequence[str] = ()) -> dict[str, Any]:
     """The run config of a config file or bundled name plus --set overrides, checked and
-    completed by the runner's `run_config` (no data is read)."""
+    completed by the runner's own config function (no data is read)."""
     raw = read_config(method, name_or_path)
     for text in sets:
         key, value = parse_set(text)
         raw[key] = value
     raw = {key: _none(value) for key, value in raw.items()}
-    missing = [key for key in ("loss", "variant") if key not in raw]
-    if missing:
-        raise ValueError(f"config {name_or_path} for {method} needs {' and '.join(missing)}")
-    runner = RUNNERS[method]
-    loss, variant, seed = raw.pop("loss"), raw.pop("variant"), raw.pop("seed", 0)
     try:
-        cfg = runner.run_config(loss, variant, int(seed), **raw)
-    except ValueError as error:
+        cfg = train_jobs.configure(method, raw)
+        # the runner's defaults for this config's identity (its config function's arguments)
+        defaults = train_jobs.configure(method, {k: raw[k] for k in IDENTITY[method] if k in raw})
+        cfg = _checked_types(cfg, defaults)
+        train_jobs.check_config(method, cfg)
+    except (ValueError, TypeError) as error:
         raise ValueError(f"config {name_or_path} for {method}: {error}") from None
-    _check_types(cfg, runner.run_config(loss, variant, int(seed)))
-    classes, per_class = batch_shape(method, cfg)
-    if classes < 1 or per_class < 2:
-        raise ValueError(f"a batch needs at least 1 class and 2 samples per class, got "
-                         f"{classes} x {per_class}")
-    if total_steps(method, cfg) < 1:
-        raise ValueError("the config trains no step: epochs and batches per epoch must be >= 1")
     return cfg
 
 
 def check_world(method: str, cfg: Mapping[str, Any], world_size: int) -> None:
-    """Each rank takes whole classes of every global batch: both must divide by the world."""
-    classes, per_class = batch_shape(method, cfg)
-    if (classes * per_class) % world_size:
-        raise ValueError(f"the global batch of {classes * per_class} ({classes} classes x "
-                         f"{per_class}) does not divide by the world size {world_size}")
+    """Each rank takes an equal share of every global batch (whole classes of an m-per-class
+    batch): the batch, and its classes, must divide by the world."""
+    size, classes = train_jobs.global_batch(method, cfg)
+    if classes is None:
+        if size % world_size:
+            raise ValueError(f"the global batch of {size} (batch_size) does not divide by the "
+                             f"world size {world_size}: every rank takes an equal share of each "
+                             "batch")
+        return
+    if size % world_size:
+        raise ValueError(f"the global batch of {size} ({classes} classes x "
+                         f"{size // classes}) does not divide by the world size {world_size}")
     if classes % world_size:
         raise ValueError(f"classes_per_batch={classes} does not divide by the world size "
                          f"{world_size}: every rank takes whole classes of each batch")
@@ -200,10 +203,8 @@ def run(args: argparse.Namespace) -> int:
         method = check_method(args.method)
         cfg = resolve_config(method, args.config, args.set)
         check_world(method, cfg, ranks.world_size)
-        budget = total_steps(method, cfg)
         if args.steps is not None and args.steps < 1 or args.checkpoint_every < 0:
             raise ValueError("--steps must be >= 1 and --checkpoint-every >= 0")
-        steps = budget if args.steps is None else min(args.steps, budget)
         out = args.out or Path("labkit-train") / f"{method}-{Path(args.config).stem}"
         identity = {"method": method, "config": cfg}
         saved = None
@@ -218,6 +219,13 @@ def run(args: argparse.Namespace) -> int:
                              "continue it, or choose another --out")
         device = D.device_for(ranks)
         training = BUILDERS[method](cfg, device)  # reads the data: a missing dataset fails here
+        size = training.global_batch
+        if size is not None and size % ranks.world_size:
+            raise ValueError(f"a global batch of {size} (all of the training set: it is smaller "
+                             f"than batch_size) does not divide by the world size "
+                             f"{ranks.world_size}")
+        budget = training.job.total_steps
+        steps = budget if args.steps is None else min(args.steps, budget)
     except (ValueError, FileNotFoundError) as error:
         say(f"labkit train: error: {error}", file=sys.stderr)
         return 2
@@ -228,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
                                record_batches=os.environ.get(RECORD_ENV, "0") not in ("", "0"))
     say(f"labkit train {method} ({args.config}): {steps} of {budget} steps on {device}, "
         f"{ranks.world_size} rank(s); writing {out}")
-    with StopSignals() as stop, D.process_group(ranks, device) as group:
+    with StopSignals() as stop, D.process_group(ranks, device) as group, training.cpu_threads():
         outcome = loop.train(training.job, options, ranks, group, stop.requested, saved)
     if outcome.stopped:
         cause = signal.Signals(stop.signal).name if stop.signal else "a signal to another rank"
@@ -238,9 +246,11 @@ def run(args: argparse.Namespace) -> int:
     if not ranks.is_main:
         return 0
     result = training.finish(outcome)
-    result["config"] = dict(key_cfg)
+    if isinstance(result, dict) and "config" in result:
+        result["config"] = dict(key_cfg)
+    metrics = training.metrics(result)
     with open(out / loop.METRICS, "a") as log:
-        log.write(json.dumps({"step": outcome.steps, "eval": result["metrics"]}) + "\n")
+        log.write(json.dumps({"step": outcome.steps, "eval": metrics}) + "\n")
     name = CACHE_NAMES[method]
     path = cache_path(name, key_cfg)
     existed = path.exists()
@@ -249,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         {"method": method, "config": key_cfg, "steps": outcome.steps, "world_size":
          ranks.world_size, "device": str(device), "cache": str(path),
          "cache_key": config_key(name, key_cfg)}, indent=1, default=str) + "\n")
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     say(f"done: {shown}\n{'kept the entry already cached at' if existed else 'cached at'} {path}")
     return 0
 

@@ -545,6 +545,6 @@ class MPerClassBatches:
         return self.length
 
     def __iter__(self) -> Iterator[list[int]]:
-        flat = list(iter(self.sampler))
+        flat = [int(i) for i in self.sampler]  # numpy ints: not JSON, not list indices
         for i in range(self.length):
             yield flat[i * self.batch_size:(i + 1) * self.batch_size]

@@ -1,17 +1,21 @@
 """Distributed helpers for `labkit train`: torchrun's environment, the process group, collectives
 that carry gradients, batch norm over the global batch, and class shards of a global batch.
 
-The scheme: every rank draws the same global batch from the same seeded sampler and keeps the
-classes r, r + W, ... of it (W ranks, classes in their order in the batch). Each rank embeds its
+The scheme: every rank draws the same global batch from the same seeded sampler and keeps its
+share of it: the classes r, r + W, ... (W ranks, classes in their order in the batch) of an
+m-per-class batch, or the r-th contiguous slice of a plain shuffled batch. Each rank embeds its
 share; `gather_batch` puts the embeddings back in the global batch's order, with gradients, and
 every rank computes the loss of the whole global batch. A gather's backward sums what all ranks'
 (identical) copies of the loss send back, W times the gradient of one copy, and DDP's gradient
-averaging divides the W out: a step is the single-process step on the global batch.
+averaging divides the W out: a step is the single-process step on the global batch. Batch norm
+(`GlobalBatchNorm`) and dropout (`GlobalDropout`) see the global batch too: the statistics of all
+ranks' rows, and the rows of the mask one process would draw.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import os
 import random
@@ -22,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 from labkit.core import config
 
@@ -217,7 +223,82 @@ def convert_batchnorm(module: nn.Module, group: Any) -> nn.Module:
     return module
 
 
+# ----------------------------------------------------------------------------- dropout
+
+# (rows of the global batch, this rank's positions in it (b,) on the device) while the loop runs a
+# rank's forward; None elsewhere
+_LAYOUT: contextvars.ContextVar[tuple[int, torch.Tensor] | None] = contextvars.ContextVar(
+    "labkit_batch_layout", default=None)
+
+
+@contextlib.contextmanager
+def batch_layout(rows: int, positions: Sequence[int], device: torch.device) -> Iterator[None]:
+    """Within the block, `GlobalDropout` treats its (b, ...) input as the rows `positions` of a
+    global batch of `rows`."""
+    token = _LAYOUT.set((rows, torch.as_tensor(positions, device=device)))
+    try:
+        yield
+    finally:
+        _LAYOUT.reset(token)
+
+
+class GlobalDropout(nn.Dropout):
+    """Dropout that keeps, for a rank's rows, the mask one process draws for the global batch.
+
+    Every rank draws the whole batch's mask (B, ...) from its generator, as `F.dropout` does on
+    the CPU (Bernoulli(1 - p) noise of the input's shape, divided by 1 - p), and multiplies its
+    rows by theirs: W ranks drop what one process drops, and their generators stay in step with
+    it. On CUDA the mask comes from the fused kernel `F.dropout` uses there, drawn on the global
+    shape and layout (the same mask as far as that kernel draws alike for alike shapes). Outside
+    `batch_layout`, or in eval mode, it is plain dropout."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        layout = _LAYOUT.get()
+        if layout is None or not self.training or self.p == 0:
+            return F.dropout(input, self.p, self.training, self.inplace)
+        rows, positions = layout
+        shape = (rows, *input.shape[1:])
+        if self.p == 1:
+            return input * torch.zeros((), dtype=input.dtype, device=input.device)
+        if input.device.type == "cuda":
+            layout_format = (torch.channels_last if input.dim() == 4 and not input.is_contiguous()
+                             and input.is_contiguous(memory_format=torch.channels_last)
+                             else torch.contiguous_format)
+            ones = torch.ones(shape, dtype=input.dtype, device=input.device).contiguous(
+                memory_format=layout_format)
+            noise = torch.native_dropout(ones, self.p, True)[0]
+        else:
+            noise = input.new_empty(shape).bernoulli_(1 - self.p).div_(1 - self.p)
+        return input * noise[positions]
+
+
+def convert_dropout(module: nn.Module) -> nn.Module:
+    """Replace every `nn.Dropout` inside `module` (in place) by a `GlobalDropout` of the same p.
+
+    Other dropout kinds (2-d, alpha, ...) draw masks that this does not reproduce: they are
+    refused rather than left to draw per-rank masks."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, GlobalDropout(child.p, child.inplace))
+        elif isinstance(child, _DropoutNd) and not isinstance(child, GlobalDropout):
+            raise ValueError(f"{name}: {type(child).__name__} cannot yet draw the global batch's "
+                             "mask over several ranks (only nn.Dropout can)")
+        else:
+            convert_dropout(child)
+    return module
+
+
 # ----------------------------------------------------------------------------- shards
+
+def contiguous_shards(batch_labels: Sequence[int], world_size: int) -> list[list[int]]:
+    """Positions in a plain global batch of B for each rank: rank r takes the B / W positions
+    r B / W ... (r + 1) B / W - 1 (the labels only give B)."""
+    size = len(batch_labels)
+    if size % world_size:
+        raise ValueError(f"a batch of {size} cannot be shared equally by {world_size} ranks")
+    share = size // world_size
+    return [list(range(r * share, (r + 1) * share)) for r in range(world_size)]
+
 
 def class_shards(batch_labels: Sequence[int], world_size: int) -> list[list[int]]:
     """Positions in a global batch for each rank: rank r takes every sample of the batch's

@@ -3,16 +3,19 @@ resume exactly.
 
 A method hands the loop a `TrainJob`: its network, how a rank turns its images into per-sample
 outputs (`forward`, run inside DDP), how the global batch's outputs become the loss (`loss`),
-the optimiser and a sampler of global batches. Under torchrun each rank keeps whole classes of
-every global batch (`distributed.class_shards`) and the outputs are gathered back into the
-global order before the loss, so W ranks take the step one process takes on the whole batch.
+the optimiser (and side optimisers with update rules of their own) and a sampler of global
+batches: m-per-class batches, of which each rank keeps whole classes
+(`distributed.class_shards`), or `ShuffledBatches`, `fit`'s plain shuffled batches, of which each
+rank keeps a contiguous slice (`distributed.contiguous_shards`). The outputs are gathered back
+into the global order before the loss, and batch norm and dropout act on the global batch, so W
+ranks take the step one process takes on the whole batch.
 
-A checkpoint holds everything the next step depends on: the model, optimiser, scheduler and any
-other `stateful` object, the step, the sampler as it was when its epoch began with the batches
-drawn since, the values the sampler asked the model for (APFS's hard class mining) and every
-rank's random generators. Resuming rebuilds the epoch's sampler, draws the batches already
-trained again (replaying the model's answers instead of asking the model), then restores the
-generators: the resumed run takes the same steps as the uninterrupted one.
+A checkpoint holds everything the next step depends on: the model, optimiser, side optimisers,
+scheduler and any other `stateful` object, the step, the sampler as it was when its epoch began
+with the batches drawn since, the values the sampler asked the model for (APFS's hard class
+mining) and every rank's random generators. Resuming rebuilds the epoch's sampler, draws the
+batches already trained again (replaying the model's answers instead of asking the model), then
+restores the generators: the resumed run takes the same steps as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from labkit.core import config
 from labkit.core import distributed as D
 from labkit.core.data import ArrayDataset
+from labkit.core.train import _batches
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -58,11 +62,20 @@ class TrainJob:
     batches: Any  # a batch sampler: iter() gives index lists, len() the steps of one epoch
     data: ArrayDataset  # the training set, on the training device
     epochs: int
-    scheduler: Any = None  # stepped after every optimiser step
+    scheduler: Any = None  # stepped after every optimiser step, as `fit` steps its own
     stateful: dict[str, Any] = field(default_factory=dict)  # more state_dict() holders to save
     loss_parameters: Sequence[nn.Parameter] = ()  # trained parameters outside the model
     after_step: Callable[[], None] | None = None
+    # rank 0 only, after an epoch's last step, before any checkpoint of that step: what `fit`'s
+    # on_epoch_end callbacks record (snapshots, logs). It must not change what training reads,
+    # nor run a collective (batch norm in train mode): the other ranks do not run it
+    after_epoch: Callable[[int], None] | None = None
     find_unused_parameters: bool = False  # DDP: parameters that get no gradient in a step
+    # (labels of a global batch, world size) -> each rank's positions in it
+    shard: Callable[[Sequence[int], int], list[list[int]]] = D.class_shards
+    # optimisers of parameters with an update rule of their own (Center Loss centres): zeroed
+    # and stepped with the main one, after it, outside its schedule (`fit`'s side_optimizers)
+    side_optimizers: Sequence[torch.optim.Optimizer] = ()
 
     @property
     def total_steps(self) -> int:
@@ -102,6 +115,31 @@ class _Forward(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Outputs:
         return tuple(self._forward(self.model, images))
+
+
+class ShuffledBatches:
+    """`fit`'s plain batches as a batch sampler: each epoch a permutation of the `num` training
+    samples from one generator seeded once with `seed`, cut into batches of `batch_size`, the
+    last partial batch dropped (`fit`'s drop_last=True); one batch of all `num` when fewer.
+    Picklable (the generator with it), so a checkpoint holds its position."""
+
+    def __init__(self, num: int, batch_size: int, seed: int) -> None:
+        if num < 1 or batch_size < 1:
+            raise ValueError(f"need samples and a batch size >= 1, got {num} and {batch_size}")
+        self.num, self.requested = int(num), int(batch_size)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def batch_size(self) -> int:
+        """The size of every batch it gives."""
+        return min(self.requested, self.num)
+
+    def __len__(self) -> int:
+        return max(1, self.num // self.requested)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for index in _batches(self.num, self.requested, self.generator, drop_last=True):
+            yield index.tolist()
 
 
 class EpochBatches:
@@ -182,33 +220,47 @@ def _keep_rows(path: Path, last_step: int) -> None:
 
 def epoch_rows(losses: Sequence[float], seconds: Sequence[float],
                steps_per_epoch: int) -> list[dict[str, float]]:
-    """`fit`'s history rows, {"epoch", "loss" (mean over its steps), "time"}, one per epoch."""
+    """`fit`'s history rows, {"epoch", "loss" (mean over its steps), "time"}, one per epoch.
+
+    The losses are summed one by one in float32, as `fit` sums them on the device, so that one
+    process's rows are `fit`'s to the bit."""
     rows = []
     for start in range(0, len(losses), steps_per_epoch):
         part = losses[start:start + steps_per_epoch]
-        rows.append({"epoch": start // steps_per_epoch + 1, "loss": sum(part) / len(part),
+        total = torch.zeros(())
+        for value in torch.tensor(part, dtype=torch.float32):
+            total += value
+        rows.append({"epoch": start // steps_per_epoch + 1, "loss": float(total) / len(part),
                      "time": sum(seconds[start:start + steps_per_epoch])})
     return rows
 
 
 def _step(job: TrainJob, net: nn.Module, batch: list[int], local: list[int],
-          shards: list[list[int]] | None, group: Any, autocast: Callable[[], Any]) -> torch.Tensor:
+          shards: list[list[int]] | None, rank: int, group: Any,
+          autocast: Callable[[], Any]) -> torch.Tensor:
     """One optimiser step on the global `batch`, this rank embedding `local` (the samples at
     `shards[rank]`); returns the global batch's loss (detached on the caller's side)."""
     device = job.data.images.device
     images = job.data.images[torch.as_tensor(local, device=device)]
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
+    layout = (D.batch_layout(len(batch), shards[rank], device) if shards is not None
+              else contextlib.nullcontext())
     with autocast():
-        outputs = net(images)
+        with layout:
+            outputs = net(images)
         if shards is not None:
             outputs = D.gather_batch(outputs, shards, group)
         loss = job.loss(outputs, job.data.labels[torch.as_tensor(batch, device=device)])
     job.optimizer.zero_grad(set_to_none=True)
+    for side in job.side_optimizers:
+        side.zero_grad(set_to_none=True)
     loss.backward()
     if shards is not None and job.loss_parameters:
         D.average_gradients(job.loss_parameters, group)
     job.optimizer.step()
+    for side in job.side_optimizers:
+        side.step()
     if job.scheduler is not None:
         job.scheduler.step()
     if job.after_step is not None:
@@ -232,6 +284,7 @@ def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None
     module: nn.Module = _Forward(job.model, job.forward)
     if world > 1:
         D.convert_batchnorm(job.model, group)
+        D.convert_dropout(job.model)
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
     net = module
@@ -242,7 +295,8 @@ def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None
                                       **_NO_BUFFER_SYNC)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
         else contextlib.nullcontext
-    stateful = {"model": job.model, "optimizer": job.optimizer, **job.stateful}
+    stateful = {"model": job.model, "optimizer": job.optimizer, **job.stateful,
+                **{f"side_optimizer{k}": side for k, side in enumerate(job.side_optimizers)}}
     if job.scheduler is not None:
         stateful["scheduler"] = job.scheduler
     labels_host = job.data.labels.cpu().tolist()
@@ -318,12 +372,14 @@ def train(job: TrainJob, options: LoopOptions, ranks: D.Ranks, group: Any = None
                 batches.start_epoch()
             batch = batches.next()
             step += 1
-            shards = D.class_shards([labels_host[i] for i in batch], world) if world > 1 else None
+            shards = job.shard([labels_host[i] for i in batch], world) if world > 1 else None
             local = [batch[p] for p in shards[rank]] if shards else batch
             if record is not None:
                 record.write(json.dumps({"step": step, "indices": local}) + "\n")
-            loss = _step(job, net, batch, local, shards, group, autocast)
+            loss = _step(job, net, batch, local, shards, rank, group, autocast)
             pending.append((step, epoch, loss.detach().float(), len(batch)))
+            if job.after_epoch is not None and ranks.is_main and batches.taken == steps_per_epoch:
+                job.after_epoch(epoch)
             checkpoint_now = bool(options.checkpoint_every) and step % options.checkpoint_every == 0
             if (step % options.log_every == 0 or checkpoint_now or step == options.steps
                     or (not ranks.launched and should_stop())):

@@ -201,9 +201,13 @@ class JointLoss:
         self.last: dict[str, float] = {}
 
     def __call__(self, model: FDLEnsemble, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        total, self.last = joint_loss(model.member_outputs(images), labels, self.lambda_cos,
-                                      self.lambda_euc, use_fdl=self.use_fdl, mask=self.mask,
-                                      max_norm=self.max_norm)
+        return self.from_outputs(model.member_outputs(images), labels)
+
+    def from_outputs(self, outputs: Sequence[NetworkOutput], labels: torch.Tensor) -> torch.Tensor:
+        """The loss of the members' outputs (feature maps (B, C, H, W), logits (B, K)) of one
+        batch: what `labkit train` calls on the outputs gathered from several ranks."""
+        total, self.last = joint_loss(outputs, labels, self.lambda_cos, self.lambda_euc,
+                                      use_fdl=self.use_fdl, mask=self.mask, max_norm=self.max_norm)
         return total
 
 

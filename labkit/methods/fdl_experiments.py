@@ -113,6 +113,15 @@ def _epochs_for(steps: int, n: int, batch_size: int) -> tuple[int, int]:
     return max(1, math.ceil(steps / per_epoch)), batch
 
 
+def build_ensemble(train: ArrayDataset, *, members: int, widths: Sequence[int], feat_dim: int,
+                   seed: int, conv_dropout: Sequence[float] = (), init: str = "default"
+                   ) -> fdl.FDLEnsemble:
+    """The untrained ensemble of M members for `train`'s images and classes (on the CPU)."""
+    _, channels, size, _ = train.images.shape
+    factory = member_factory(widths, train.num_classes, channels, size, feat_dim, conv_dropout, init)
+    return fdl.FDLEnsemble(fdl.make_members(factory, members, seed=seed))
+
+
 def train_ensemble(train: ArrayDataset, *, use_fdl: bool, lambda_cos: float, lambda_euc: float,
                    members: int, widths: Sequence[int], feat_dim: int, steps: int, batch_size: int,
                    lr: float, seed: int, conv_dropout: Sequence[float] = (), init: str = "default",
@@ -120,9 +129,8 @@ def train_ensemble(train: ArrayDataset, *, use_fdl: bool, lambda_cos: float, lam
                    ) -> tuple[fdl.FDLEnsemble, list[dict[str, float]]]:
     """Joint training (one Adam, constant LR) of M members; returns the ensemble and a log of the
     loss parts per epoch. The classical ensemble is the same call with use_fdl=False."""
-    _, channels, size, _ = train.images.shape
-    factory = member_factory(widths, train.num_classes, channels, size, feat_dim, conv_dropout, init)
-    ensemble = fdl.FDLEnsemble(fdl.make_members(factory, members, seed=seed))
+    ensemble = build_ensemble(train, members=members, widths=widths, feat_dim=feat_dim, seed=seed,
+                              conv_dropout=conv_dropout, init=init)
     loss_fn = fdl.JointLoss(lambda_cos, lambda_euc, use_fdl=use_fdl)
     log: list[dict[str, float]] = []
 
@@ -233,8 +241,7 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_on(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    train_pool, test = load_split(cfg["dataset"], cfg["test_size"])
-    train = train_pool.k_per_class(cfg["k"], seed=cfg["seed"])
+    train, test = run_data(cfg)
     config.seed_everything(cfg["seed"])
     started = time.perf_counter()
     ensemble, log = train_ensemble(
@@ -242,7 +249,20 @@ def _run_on(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
         members=cfg["members"], widths=cfg["widths"], feat_dim=cfg["feat_dim"], steps=cfg["steps"],
         batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"],
         conv_dropout=cfg["conv_dropout"], init=cfg["init"], device=device)
-    train_time = time.perf_counter() - started
+    return finish_run(cfg, ensemble, train, test, log, time.perf_counter() - started, device)
+
+
+def run_data(cfg: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
+    """(k-shot training set, test set) of one run's config."""
+    train_pool, test = load_split(cfg["dataset"], cfg["test_size"])
+    return train_pool.k_per_class(cfg["k"], seed=cfg["seed"]), test
+
+
+def finish_run(cfg: dict[str, Any], ensemble: fdl.FDLEnsemble, train: ArrayDataset,
+               test: ArrayDataset, log: list[dict[str, float]], train_time: float,
+               device: torch.device) -> dict[str, Any]:
+    """A trained ensemble's cached result: its test metrics, then the fusion head's (trained
+    here, from the generators' current state, as `_run_on` does right after the ensemble)."""
     cam_images = test.images[:: max(1, len(test) // cfg["cam_size"])][: cfg["cam_size"]]
     metrics = evaluate_run(ensemble, test, cam_images)
     # The members' weights as trained; fine-tuning the fusion model below changes them.

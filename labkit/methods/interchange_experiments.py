@@ -225,7 +225,66 @@ class _CosFaceObjective(nn.Module):
         self.loss = CosFaceLoss(num_classes, dim, margin=margin, scale=scale)
 
     def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss(model.forward_all(images).embedding.float(), labels)
+        return self.from_embedding(model.forward_all(images).embedding, labels)
+
+    def from_embedding(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch's embeddings (B, d) with labels (B,)."""
+        return self.loss(embedding.float(), labels)
+
+
+def member_config(arch: str, seed: int, *, settings: Mapping[str, Any] | None = None,
+                  dim: int | None = None, kind: str = "closed", epochs: int | None = None
+                  ) -> dict[str, Any]:
+    """A member's config, its cache key: the settings' data and training knobs for `kind`
+    (default: the active profile's `zoo_settings()`), arch, seed, dim and epochs."""
+    settings = dict(settings if settings is not None else zoo_settings())
+    if kind not in ("closed", "open"):
+        raise ValueError(f"kind must be 'closed' or 'open', got {kind!r}")
+    if arch not in ZOO_ARCHS:
+        raise ValueError(f"unknown zoo architecture {arch!r}; known: {', '.join(ZOO_ARCHS)}")
+    dim = int(settings["dim"] if dim is None else dim)
+    if epochs is None:
+        epochs = settings["open_epochs"] if kind == "open" else settings["epochs"]
+    return _member_config(settings, arch, seed, dim, kind, int(epochs))
+
+
+def member_data(cfg: Mapping[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) of a member config: all classes (closed) or seen / unseen classes (open)."""
+    if cfg["kind"] == "open":
+        return _open_data({"dataset": cfg["dataset"], "open_seen": cfg["seen"],
+                           "open_seen_per_class": cfg["seen_per_class"],
+                           "open_unseen_per_class": cfg["unseen_per_class"]})
+    return _closed_data(cfg)
+
+
+def build_member(cfg: Mapping[str, Any], train: ArrayDataset
+                 ) -> tuple[Network, Callable[..., torch.Tensor]]:
+    """(network, fit's loss_fn) of a member config, seeded with its seed: cross-entropy on a
+    linear head (closed) or CosFace on the embedding (open, `_CosFaceObjective`)."""
+    channels, size = train.image_shape[0], train.image_shape[1]
+    config.seed_everything(cfg["seed"])
+    closed = cfg["kind"] == "closed"
+    net = build_zoo_network(cfg["arch"], channels, train.num_classes, cfg["dim"], image_size=size,
+                            head="linear" if closed else None, **cfg["arch_options"])
+    return net, _cross_entropy if closed else _CosFaceObjective(train.num_classes, cfg["dim"])
+
+
+def member_result(cfg: Mapping[str, Any], net: Network, train: ArrayDataset, test: ArrayDataset,
+                  epochs: Sequence[dict[str, float]], name: str, device: torch.device,
+                  threads: int | None = None) -> ZooMember:
+    """The `ZooMember` of a trained network: its embeddings of train and test (under the thread
+    cap `threads`), its head and test accuracy (closed); moves `net` to the CPU."""
+    with config.cpu_threads(threads):
+        member = ZooMember(name, cfg["arch"], cfg["seed"], cfg["dim"],
+                           embed(net, train.images, device=device),
+                           embed(net, test.images, device=device), epochs=list(epochs))
+        net = net.cpu().eval()
+    if cfg["kind"] == "closed":
+        member.head_weight = net.head.weight.detach().clone()
+        member.head_bias = net.head.bias.detach().clone()
+        logits = ic.head_logits(member.head, member.test_emb)
+        member.test_acc = float((logits.argmax(1) == test.labels.cpu()).float().mean())
+    return member
 
 
 def train_member(arch: str, seed: int, *, settings: Mapping[str, Any] | None = None,
@@ -237,37 +296,19 @@ def train_member(arch: str, seed: int, *, settings: Mapping[str, Any] | None = N
     head, seen classes only). epochs=0 gives an untrained (randomly initialised) control.
     """
     settings = dict(settings if settings is not None else zoo_settings())
-    if kind not in ("closed", "open"):
-        raise ValueError(f"kind must be 'closed' or 'open', got {kind!r}")
-    dim = int(settings["dim"] if dim is None else dim)
-    if epochs is None:
-        epochs = settings["open_epochs"] if kind == "open" else settings["epochs"]
-    cfg = _member_config(settings, arch, seed, dim, kind, int(epochs))
+    cfg = member_config(arch, seed, settings=settings, dim=dim, kind=kind, epochs=epochs)
     name = name or f"{arch}-s{seed}"
 
     def compute() -> ZooMember:
-        train, test = _open_data(settings) if kind == "open" else _closed_data(settings)
-        channels, size = train.image_shape[0], train.image_shape[1]
-        config.seed_everything(seed)
-        net = build_zoo_network(arch, channels, train.num_classes, dim, image_size=size,
-                                head="linear" if kind == "closed" else None,
-                                **cfg["arch_options"])
-        loss_fn = _cross_entropy if kind == "closed" else _CosFaceObjective(train.num_classes, dim)
+        train, test = member_data(cfg)
+        net, loss_fn = build_member(cfg, train)
         threads = settings.get("cpu_threads") if config.get_device().type == "cpu" else None
         with config.cpu_threads(threads):
-            history = fit(net, loss_fn, train, epochs=int(epochs), batch_size=settings["batch_size"],
+            history = fit(net, loss_fn, train, epochs=cfg["epochs"], batch_size=settings["batch_size"],
                           optimizer=settings["optimizer"], lr=settings["lr"],
                           schedule=settings["schedule"], seed=seed, progress=progress)
-            device = config.get_device()  # where `fit` trained it; embed returns CPU tensors
-            member = ZooMember(name, arch, seed, dim, embed(net, train.images, device=device),
-                               embed(net, test.images, device=device), epochs=list(history.epochs))
-            net = net.cpu().eval()
-        if kind == "closed":
-            member.head_weight = net.head.weight.detach().clone()
-            member.head_bias = net.head.bias.detach().clone()
-            logits = ic.head_logits(member.head, member.test_emb)
-            member.test_acc = float((logits.argmax(1) == test.labels.cpu()).float().mean())
-        return member
+        device = config.get_device()  # where `fit` trained it; embed returns CPU tensors
+        return member_result(cfg, net, train, test, history.epochs, name, device, threads)
 
     member = cached("interchange/member", cfg, compute)
     member.name = name

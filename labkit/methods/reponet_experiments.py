@@ -136,18 +136,23 @@ def class_directions(model: Network) -> torch.Tensor:
     return head.weight.detach().float().cpu()
 
 
+def embedding_loss(net: Network, embedding: torch.Tensor, labels: torch.Tensor,
+                   center: rp.CenterLoss | None = None) -> torch.Tensor:
+    """The head's loss of features (B, d) with labels (B,) (+ lambda L_C for Center Loss)."""
+    if hasattr(net.head, "loss"):
+        loss = net.head.loss(embedding, labels)
+    else:
+        loss = F.cross_entropy(net.head(embedding), labels)
+    if center is not None:
+        loss = loss + center(embedding, labels)
+    return loss
+
+
 def make_loss(center: rp.CenterLoss | None = None) -> Callable:
     """loss_fn(model, images, labels) for `fit`: the head's loss (+ lambda L_C for Center Loss)."""
 
     def loss_fn(net: Network, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        embedding = net.neck(net.backbone(images))
-        if hasattr(net.head, "loss"):
-            loss = net.head.loss(embedding, labels)
-        else:
-            loss = F.cross_entropy(net.head(embedding), labels)
-        if center is not None:
-            loss = loss + center(embedding, labels)
-        return loss
+        return embedding_loss(net, net.neck(net.backbone(images)), labels, center)
 
     return loss_fn
 
@@ -184,6 +189,23 @@ def load_data(cfg: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset, ArrayDat
     return train, test, probe
 
 
+def make_training(cfg: dict[str, Any], model: Network, device: torch.device
+                  ) -> tuple[list[dict[str, Any]], rp.CenterLoss | None]:
+    """(param_groups of the network, Center Loss or None) of cfg, the centres on `device`.
+    `train` and `labkit train` both build their training here."""
+    neck = [p for p in model.neck.parameters() if p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("neck.")]
+    # The embedding layer may get its own weight decay (`neck_weight_decay`, default = the
+    # recipe's): it is what bounds ||f||. A strong one (20 with AdamW) cost accuracy here without
+    # bringing class means closer to their vertices in a 5-epoch run.
+    groups = [{"params": rest}, {"params": neck, "weight_decay": cfg["neck_weight_decay"]}]
+    center = None
+    if cfg["head"] == "center":
+        center = rp.CenterLoss(len(cfg["classes"]), cfg["feat_dim"], cfg["lam"], cfg["alpha"])
+        center.to(device)
+    return groups, center
+
+
 def train(cfg: dict[str, Any], *, progress: bool = True, callbacks: Sequence[Any] = (),
           device: torch.device | str | None = None) -> dict[str, Any]:
     """Train one run now (no cache) and return its results (see `run`) plus the "model"."""
@@ -191,24 +213,20 @@ def train(cfg: dict[str, Any], *, progress: bool = True, callbacks: Sequence[Any
     train_set, test, probe = load_data(cfg)
     config.seed_everything(cfg["seed"])
     model = build_model(cfg)
-    center = None
-    neck = [p for p in model.neck.parameters() if p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("neck.")]
-    # The embedding layer may get its own weight decay (`neck_weight_decay`, default = the
-    # recipe's): it is what bounds ||f||. A strong one (20 with AdamW) cost accuracy here without
-    # bringing class means closer to their vertices in a 5-epoch run.
-    groups = [{"params": rest}, {"params": neck, "weight_decay": cfg["neck_weight_decay"]}]
-    side_optimizers = []
-    if cfg["head"] == "center":
-        center = rp.CenterLoss(len(cfg["classes"]), cfg["feat_dim"], cfg["lam"], cfg["alpha"])
-        center.to(device)
-        side_optimizers.append(center.optimizer())
+    groups, center = make_training(cfg, model, device)
+    side_optimizers = [center.optimizer()] if center is not None else []
     tracker = CollapseTracker(model, probe.labels)
     history = fit(model, make_loss(center), train_set, epochs=cfg["epochs"],
                   batch_size=cfg["batch_size"], optimizer=cfg["optimizer"], lr=cfg["lr"], momentum=0.9,
                   weight_decay=cfg["weight_decay"], schedule="cosine", param_groups=groups,
                   device=device, probe=probe.images, callbacks=[tracker, *callbacks],
                   seed=cfg["seed"], progress=progress, side_optimizers=side_optimizers)
+    return results(cfg, model, center, history, test, probe, device)
+
+
+def results(cfg: dict[str, Any], model: Network, center: rp.CenterLoss | None, history: Any,
+            test: ArrayDataset, probe: ArrayDataset, device: torch.device) -> dict[str, Any]:
+    """A trained run's results (see `run`) plus the "model": `train`'s, after its `fit`."""
     features = evaluate.embed(model, test.images)
     logits = model.head(features.to(device)).detach().float().cpu()
     directions = class_directions(model)
@@ -248,13 +266,14 @@ def center_fit(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tens
 def run(cfg: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:
     """`train(cfg)` through the config-keyed cache (the model's weights kept as a state_dict)."""
 
-    def compute() -> dict[str, Any]:
-        result = train(cfg, progress=progress)
-        model = result.pop("model")
-        result["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
-        return result
+    return cached("reponet", cfg, lambda: stored(train(cfg, progress=progress)))
 
-    return cached("reponet", cfg, compute)
+
+def stored(result: dict[str, Any]) -> dict[str, Any]:
+    """`train`'s result as `run` caches it: the model replaced by its state_dict (in place)."""
+    model = result.pop("model")
+    result["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
+    return result
 
 
 def run_all(cfgs: Sequence[dict[str, Any]], *, progress: bool = True) -> list[dict[str, Any]]:
