@@ -508,12 +508,21 @@ def _zero_shot_split(name: str, num_train_classes: int | None, root: Path
     return full.subset_classes(range(k)), full.subset_classes(range(k, full.num_classes))
 
 
-def class_disjoint_split(name: str, image_size: int = 224) -> tuple[ArrayDataset, ArrayDataset]:
+def class_disjoint_split(name: str, image_size: int = 224, *, train_per_class: int | None = None,
+                         test_per_class: int | None = None, seed: int = 0
+                         ) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) with disjoint classes, in memory: a folder set's standard halves
-    (CUB-200-2011, Cars196, SOP), or `zero_shot_split` of an in-memory set."""
+    (CUB-200-2011, Cars196, SOP), or `zero_shot_split` of an in-memory set; each cut to a seeded
+    `train_per_class` / `test_per_class` images per class when given."""
     if name in IN_MEMORY:
-        return zero_shot_split(name)
-    return load_memoised(name, "train", image_size), load_memoised(name, "test", image_size)
+        train, test = zero_shot_split(name)
+    else:
+        train, test = load_memoised(name, "train", image_size), load_memoised(name, "test", image_size)
+    if train_per_class:
+        train = train.k_per_class(int(train_per_class), seed=seed)
+    if test_per_class:
+        test = test.k_per_class(int(test_per_class), seed=seed)
+    return train, test
 
 
 class MPerClassBatches:

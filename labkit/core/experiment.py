@@ -184,6 +184,21 @@ class Experiment(Generic[S, R]):
         return out
 
 
+class RetrievalExperiment(Experiment):
+    """A zero-shot retrieval comparison (GSP, APFS): groups (loss, variant), recall@K, MAP@R
+    and NMI on the unseen classes; the profile compares every variant for `losses` (quick: the
+    first) over seeds 0, 1, 2 (quick: 0)."""
+
+    group_by = ("loss", "variant")
+    metrics = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
+    losses: ClassVar[tuple[str, ...]] = ()
+    variants: ClassVar[tuple[str, ...]] = ()
+
+    def grid(self) -> dict[str, Sequence[Any]]:
+        return {"loss": config.pick(quick=self.losses[:1], lab=self.losses),
+                "variant": self.variants, "seed": config.pick(quick=(0,), lab=(0, 1, 2))}
+
+
 def bind(experiment: Experiment) -> tuple[Callable, ...]:
     """(run, sweep, summary, table, claims) of `experiment`: a runner's module-level names."""
     return (experiment.run, experiment.sweep, experiment.summary, experiment.table,

@@ -44,7 +44,6 @@ from labkit.methods.apfs import (
 )
 
 VARIANTS = ("baseline", "apfs", "apfs+mining")
-METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
 PROXIMAL_FORMS = ("gradient", "penalty")
 
 
@@ -118,12 +117,9 @@ class Result(experiment.Result):
 
 def load_split(settings: Settings) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) with disjoint classes: mnist5k digits 0-4 / 5-9, or a folder set's halves."""
-    train, test = class_disjoint_split(settings.dataset, settings.image_size)
-    if settings.train_per_class:
-        train = train.k_per_class(int(settings.train_per_class), seed=settings.seed)
-    if settings.test_per_class:
-        test = test.k_per_class(int(settings.test_per_class), seed=settings.seed)
-    return train, test
+    return class_disjoint_split(settings.dataset, settings.image_size,
+                                train_per_class=settings.train_per_class,
+                                test_per_class=settings.test_per_class, seed=settings.seed)
 
 
 def build_model(settings: Settings, in_channels: int, image_size: int) -> Network:
@@ -156,19 +152,14 @@ def make_training(settings: Settings, model: nn.Module, train: ArrayDataset,
                        miner=miner), sampler, [reg])
 
 
-class APFSExperiment(experiment.Experiment):
+class APFSExperiment(experiment.RetrievalExperiment):
     """Baseline vs APFS vs APFS + hard class mining per loss, over seeds."""
 
     cache_name = "apfs"
     settings_type = Settings
-    group_by = ("loss", "variant")
-    metrics = METRICS
+    losses, variants = LOSS_NAMES, VARIANTS
     comparisons = (Comparison("apfs > baseline", "variant", "apfs", "baseline", "recall@1"),
                    Comparison("mining > apfs", "variant", "apfs+mining", "apfs", "recall@1"))
-
-    def grid(self) -> dict[str, tuple]:
-        return {"loss": config.pick(quick=("contrastive",), lab=LOSS_NAMES), "variant": VARIANTS,
-                "seed": config.pick(quick=(0,), lab=(0, 1, 2))}
 
     def train(self, settings: Settings, progress: bool) -> Result:
         config.seed_everything(settings.seed)

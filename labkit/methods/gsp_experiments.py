@@ -28,7 +28,6 @@ from labkit.methods.gsp import GSP, GSPMetricLoss, ZeroShotPredictionLoss
 
 LOSSES = ("contrastive", "triplet", "multi_similarity", "proxy_anchor")
 VARIANTS = ("gap", "gsp", "gsp+zsr")
-METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
 
 
 @dataclass(frozen=True)
@@ -143,12 +142,8 @@ class GSPTrainLoss(nn.Module):
 
 def load_split(settings: Settings) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) with disjoint classes for the dataset, subsampled per class if asked."""
-    train, test = class_disjoint_split(settings.dataset)
-    if settings.train_per_class:
-        train = train.k_per_class(int(settings.train_per_class), seed=settings.seed)
-    if settings.test_per_class:
-        test = test.k_per_class(int(settings.test_per_class), seed=settings.seed)
-    return train, test
+    return class_disjoint_split(settings.dataset, train_per_class=settings.train_per_class,
+                                test_per_class=settings.test_per_class, seed=settings.seed)
 
 
 def build_model(settings: Settings, in_channels: int, image_size: int) -> Network:
@@ -197,19 +192,14 @@ def evaluate(settings: Settings, model: Network, test: ArrayDataset,
                   {k: v.cpu() for k, v in model.state_dict().items()})
 
 
-class GSPExperiment(experiment.Experiment):
+class GSPExperiment(experiment.RetrievalExperiment):
     """GAP vs GSP vs GSP+ZSR per loss, over seeds."""
 
     cache_name = "gsp_run"
     settings_type = Settings
-    group_by = ("loss", "variant")
-    metrics = METRICS
+    losses, variants = LOSSES, VARIANTS
     comparisons = (Comparison("gsp > gap", "variant", "gsp", "gap", "recall@1"),
                    Comparison("gsp+zsr > gap", "variant", "gsp+zsr", "gap", "recall@1"))
-
-    def grid(self) -> dict[str, tuple]:
-        return {"loss": config.pick(quick=("contrastive",), lab=LOSSES), "variant": VARIANTS,
-                "seed": config.pick(quick=(0,), lab=(0, 1, 2))}
 
     def train(self, settings: Settings, progress: bool) -> Result:
         config.seed_everything(settings.seed)

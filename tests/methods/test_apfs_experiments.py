@@ -31,8 +31,13 @@ def _digits_like(seed: int, offset: int) -> ArrayDataset:
 @pytest.fixture(autouse=True)
 def _quick(monkeypatch, tmp_path):
     # the runners' data entry point, replaced by synthetic images so tests take seconds
-    def split(name, size):
-        return _digits_like(0, 0), _digits_like(1, 5)
+    def split(name, size=28, train_per_class=None, test_per_class=None, seed=0):
+        train, test = _digits_like(0, 0), _digits_like(1, 5)
+        if train_per_class:
+            train = train.k_per_class(train_per_class, seed=seed)
+        if test_per_class:
+            test = test.k_per_class(test_per_class, seed=seed)
+        return train, test
 
     monkeypatch.setattr(X, "class_disjoint_split", split)
     monkeypatch.setattr(apfs, "class_disjoint_split", split)  # the 2-D run's
