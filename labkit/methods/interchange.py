@@ -16,7 +16,14 @@ This module holds the method's pure pieces:
 * measures: `r2_score`, `mapped_accuracy`, `retention`, `linear_cka`, `cca_correlations` /
   `mean_cca` / `svcca`, `procrustes_distance`;
 * open-set verification and retrieval: `pair_scores`, `roc`, `tar_at_far`, `equal_error_rate`,
-  `verification_metrics`, `roc_metrics`, `recall_at_1`, `score_protocol`, `open_set_report`.
+  `verification_metrics`, `roc_metrics`, `roc_on_grid`, `recall_at_1`, `score_protocol`,
+  `open_set_report`;
+* summaries: `SIMILARITY_INDICES` (the indices E3 compares), `spearman`, `off_diagonal_median`;
+* the zoo's networks: `build_zoo_network` (backbone -> embedding -> linear head with a bias) and
+  `CosFaceObjective` (the open-set members' loss).
+
+What the lab measures on a trained zoo (maps between its members, retention, controls, the
+similarity indices per pair, open-set scores) is in `labkit.methods.interchange_analysis`.
 
 The paper's full text was not available to us: details reconstructed from its abstracts and a
 third-party review (the closed-form map's notation, the fitting objective, the open-set
@@ -27,6 +34,7 @@ computed in float64 whatever the input.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,6 +45,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from labkit.core.models import (
+    FlattenLinear,
+    Network,
+    PooledLinear,
+    build_backbone,
+    build_network,
+    map_shape,
+)
 
 __all__ = [
     "EmbeddingMap",
@@ -67,6 +84,13 @@ __all__ = [
     "score_protocol",
     "recall_at_1",
     "open_set_report",
+    "roc_on_grid",
+    "SIMILARITY_INDICES",
+    "spearman",
+    "off_diagonal_median",
+    "ZOO_ARCHS",
+    "build_zoo_network",
+    "CosFaceObjective",
 ]
 
 METHODS = ("affine", "ridge", "procrustes", "reduced_rank")
@@ -558,6 +582,28 @@ def procrustes_distance(X: Any, Y: Any) -> float:
     return float(torch.sqrt((2 - 2 * nuclear).clamp_min(0)))
 
 
+SIMILARITY_INDICES: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
+    "cka": linear_cka,
+    "cka_debiased": functools.partial(linear_cka, debiased=True),
+    "mean_cca": mean_cca,
+    "svcca": svcca,
+    "procrustes": procrustes_distance,
+}  # the indices E3 compares with retention; the Procrustes distance is lower when similar
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (scipy)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def off_diagonal_median(matrix: Any) -> float:
+    """Median over the ordered pairs (i != j) of a square matrix."""
+    m = np.asarray(matrix, dtype=float)
+    return float(np.median(m[~np.eye(len(m), dtype=bool)]))
+
+
 # ----------------------------------------------------------------------------- open set
 
 def _labels(labels: Any, n: int, name: str) -> torch.Tensor:
@@ -649,6 +695,14 @@ def roc_metrics(far: np.ndarray, tar: np.ndarray,
     return out
 
 
+def roc_on_grid(far: np.ndarray, tar: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """TAR at each FAR of `grid` (the best TAR with FAR <= grid value): a compact ROC to store."""
+    far, tar = np.asarray(far), np.asarray(tar)
+    best = np.maximum.accumulate(tar)  # FAR is non-decreasing along the ROC
+    pos = np.searchsorted(far, np.asarray(grid), side="right") - 1
+    return np.where(pos >= 0, best[np.clip(pos, 0, None)], 0.0)
+
+
 def recall_at_1(probes: Any, probe_labels: Any, gallery: Any, gallery_labels: Any, *,
                 exclude_diagonal: bool = False) -> float:
     """Share of probes whose cosine nearest gallery item has the probe's class (rank-1 retrieval).
@@ -695,3 +749,51 @@ def open_set_report(src: Any, dst: Any, labels: Any, emb_map: Callable[[torch.Te
     return {name: score_protocol(probes, gallery, labels, fars)[0]
             for name, probes, gallery in (("native_src", src, src), ("native_dst", dst, dst),
                                           ("mapped", mapped, dst))}
+
+
+# ----------------------------------------------------------------------------- the zoo's networks
+
+ZOO_ARCHS = ("mlp", "lenet5", "mobilenet", "vgg", "resnet20")
+
+
+def build_zoo_network(arch: str, in_channels: int = 1, num_classes: int = 10, feat_dim: int = 32,
+                      *, image_size: int = 28, head: str | None = "linear",
+                      **arch_options: Any) -> Network:
+    """A zoo `Network`: backbone -> embedding (feat_dim) -> Linear(feat_dim, C) *with* a bias
+    (the closed-form map carries biases), or no head (`head=None`, open-set training).
+
+    arch: "mlp", "lenet5", "mobilenet", "vgg" or "resnet20" (`core.models.build_backbone`).
+    """
+    if arch not in ZOO_ARCHS:
+        raise ValueError(f"unknown zoo architecture {arch!r}; known: {', '.join(ZOO_ARCHS)}")
+    if head not in ("linear", None):
+        raise ValueError(f"head must be 'linear' or None, got {head!r}")
+    head_module = nn.Linear(feat_dim, num_classes, bias=True) if head == "linear" else None
+    if arch in ("vgg", "resnet20"):
+        return build_network(arch, in_channels, num_classes, feat_dim, image_size=image_size,
+                             head=head_module, **arch_options)
+    backbone = build_backbone(arch, in_channels, image_size, **arch_options)
+    channels, height, width = map_shape(backbone, in_channels, image_size)
+    if arch == "lenet5":
+        neck: nn.Module = FlattenLinear(channels * height * width, feat_dim)
+    else:
+        neck = PooledLinear(channels, feat_dim)
+    return Network(backbone, neck, head_module)
+
+
+class CosFaceObjective(nn.Module):
+    """The open-set members' loss: CosFace on the embedding (pytorch-metric-learning, margin
+    0.2, scale 16); its class weights are trained too."""
+
+    def __init__(self, num_classes: int, dim: int, margin: float = 0.2, scale: float = 16.0) -> None:
+        super().__init__()
+        from pytorch_metric_learning.losses import CosFaceLoss
+
+        self.loss = CosFaceLoss(num_classes, dim, margin=margin, scale=scale)
+
+    def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.from_embedding(model.forward_all(images).embedding, labels)
+
+    def from_embedding(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch's embeddings (B, d) with labels (B,)."""
+        return self.loss(embedding.float(), labels)

@@ -112,15 +112,9 @@ def _fdl_config(table: dict[str, Any]) -> dict[str, Any]:
 
 
 def _interchange_config(table: dict[str, Any]) -> dict[str, Any]:
-    cfg = interchange_experiments.member_config(
-        table.pop("arch"), int(table.pop("seed", 0)), dim=table.pop("dim", None),
-        kind=table.pop("kind", "closed"), epochs=table.pop("epochs", None))
-    unknown = set(table) - set(cfg)
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(cfg)} (the "
-                         f"data keys depend on kind, here {cfg['kind']!r})")
-    cfg.update(table)
-    return cfg
+    """The table is one member's `interchange_experiments.Settings` (fields not given keep
+    their defaults, the lab profile's)."""
+    return interchange_experiments.Settings.build(**table).as_dict()
 
 
 CONFIGURE: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -400,25 +394,25 @@ def fdl_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTraining
 
 
 def interchange_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTraining:
-    """One zoo member of cfg (`interchange_experiments.train_member`'s `compute`)."""
+    """One zoo member of cfg (`interchange_experiments.InterchangeExperiment.train` without its
+    `fit`)."""
     IE = interchange_experiments
-    cfg = dict(cfg)
-    seed = int(cfg["seed"])
-    train, test = IE.member_data(cfg)
-    net, objective = IE.build_member(cfg, train)
-    closed = cfg["kind"] == "closed"
+    settings = IE.Settings.build(**cfg)
+    train, test = IE.load_data(settings)
+    net, objective = IE.build_member(settings, train)
+    closed = settings.kind == "closed"
     net.to(device)
     params = list(net.parameters())
     if not closed:
         objective.to(device)
         params += list(objective.parameters())
     optimizer = _make_optimizer([{"params": [p for p in params if p.requires_grad]}],
-                                cfg["optimizer"], float(cfg["lr"]), 0.9, 0.0)
-    sampler = ShuffledBatches(len(train), int(cfg["batch_size"]), seed)
-    scheduler = _make_scheduler(optimizer, cfg["schedule"], (), 0.1, int(cfg["epochs"]),
+                                settings.optimizer, float(settings.lr), 0.9, 0.0)
+    sampler = ShuffledBatches(len(train), settings.batch_size, settings.seed)
+    scheduler = _make_scheduler(optimizer, settings.schedule, (), 0.1, settings.epochs,
                                 len(sampler))
-    config.seed_everything(seed)
-    threads = IE.zoo_settings().get("cpu_threads") if device.type == "cpu" else None
+    config.seed_everything(settings.seed)
+    threads = config.small_cpu_thread_cap(device)  # the runner's cap
 
     if closed:
         def forward(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor]:
@@ -434,22 +428,15 @@ def interchange_training(cfg: Mapping[str, Any], device: torch.device) -> Method
             return objective.from_embedding(outputs[0], labels)
 
     stateful = {} if closed else {"objective": objective}
-    job = TrainJob(net, forward, loss, optimizer, sampler, train.to(device), int(cfg["epochs"]),
+    job = TrainJob(net, forward, loss, optimizer, sampler, train.to(device), settings.epochs,
                    scheduler=scheduler, stateful=stateful,
                    loss_parameters=[] if closed else list(objective.parameters()),
                    shard=D.contiguous_shards)
 
-    def finish(outcome: Outcome) -> interchange_experiments.ZooMember:
-        return IE.member_result(cfg, net, train, test, outcome.epochs,
-                                f"{cfg['arch']}-s{seed}", device, threads)
+    def finish(outcome: Outcome) -> interchange_experiments.Result:
+        return IE.evaluate(settings, net, train, test, outcome.epochs, device, threads)
 
-    def metrics(member: interchange_experiments.ZooMember) -> dict[str, float]:
-        if closed:
-            return {"test_acc": member.test_acc}
-        # open set: retrieval among the unseen classes' images
-        return retrieval_metrics(member.test_emb, test.labels.cpu(), seed=seed)
-
-    return MethodTraining(job, finish, metrics, global_batch=sampler.batch_size,
+    return MethodTraining(job, finish, global_batch=sampler.batch_size,
                           cpu_threads=lambda: config.cpu_threads(threads))
 
 

@@ -1,14 +1,15 @@
 """Figures for the interchangeable-embeddings lab (notebook 03; the method is described in
 docs/methods/interchange.md).
 
-The `plot_*` functions draw numbers they are given (matrices, curves, tables from
-`labkit.methods.interchange_experiments`) onto a matplotlib Axes and return it, so the notebook
+The `plot_*` functions draw what they are given (matrices, curves, and the typed results of
+`labkit.methods.interchange_analysis`) onto a matplotlib Axes and return it, so the notebook
 cells stay one line long and the tests can check what was drawn.
 
-The map explorer's views live here too: `explorer_metrics` fits one source -> target map and
-measures it, `explorer_figure` draws that state (the live widget in `labkit.widgets.interchange`
-redraws it on every control change), and `explorer_slider` precomputes a small grid of map kinds,
-ridge alphas, ranks and fitting-set sizes as a plotly figure that plays without a kernel.
+The map explorer's views live here too: `map_figure` draws one state of the explorer
+(`interchange_analysis.explore_map`; the live widget `labkit.widgets.interchange.MapExplorer`
+redraws it on every control change), and `map_slider` precomputes a small grid of map kinds
+(`map_grid`: ridge alphas, ranks, fitting-set sizes) as a plotly figure that plays without a
+kernel.
 """
 
 from __future__ import annotations
@@ -22,8 +23,13 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 
-from labkit.methods import interchange as ic
-from labkit.methods.interchange_experiments import Zoo, evaluate_map, fit_pair
+from labkit.methods.interchange_analysis import (
+    MapView,
+    OpenSetResults,
+    Similarity,
+    explore_map,
+)
+from labkit.methods.interchange_experiments import Zoo
 from labkit.viz.playable import Frame, add_slider, compact
 
 __all__ = [
@@ -32,13 +38,12 @@ __all__ = [
     "plot_similarity_vs_retention",
     "plot_similarity_heatmap",
     "plot_roc",
+    "plot_open_set_roc",
     "plot_mapped_scatter",
-    "EXPLORER_METHODS",
     "GridPoint",
-    "explorer_metrics",
-    "explorer_figure",
-    "explorer_grid",
-    "explorer_slider",
+    "map_figure",
+    "map_grid",
+    "map_slider",
 ]
 
 
@@ -101,44 +106,43 @@ _INDEX_LABELS = {"cka": "linear CKA", "cka_debiased": "linear CKA (debiased)",
                  "mean_cca": "mean CCA", "svcca": "SVCCA", "procrustes": "Procrustes distance"}
 
 
-def _present_indices(rows: Sequence[Mapping[str, Any]], indices: Sequence[str] | None) -> list[str]:
-    if not rows:
+def _present_indices(similarity: Similarity, indices: Sequence[str] | None) -> list[str]:
+    if not similarity.rows:
         raise ValueError("no rows to plot")
-    return list(indices) if indices is not None else [k for k in _INDEX_LABELS if k in rows[0]]
+    present = similarity.rows[0].index
+    return list(indices) if indices is not None else [k for k in _INDEX_LABELS if k in present]
 
 
-def plot_similarity_vs_retention(rows: Sequence[Mapping[str, Any]],
-                                 indices: Sequence[str] | None = None,
-                                 *, target: str = "retention",
-                                 correlations: Mapping[str, float] | None = None) -> plt.Figure:
-    """One scatter per similarity index: index value (x) vs `target` (y), one dot per model pair.
+def plot_similarity_vs_retention(similarity: Similarity,
+                                 indices: Sequence[str] | None = None) -> plt.Figure:
+    """One scatter per similarity index: index value (x) vs retention (y), one dot per model
+    pair (squares: two seeds of one architecture), Spearman rho in each panel's title.
 
-    rows: dicts with the index keys and `target` (and optionally "same_arch" to colour pairs), as
-    from `similarity_rows`; `indices` defaults to every known index the rows carry. Where rows
-    carry `<index>_shuffled` (B's rows permuted), the panel shades that baseline's range over
-    pairs and marks its median: what the index gives with the pairing broken.
-    `correlations`: Spearman rho per index, written into each panel's title.
+    `indices` defaults to every known index the rows carry. Where rows carry the index's
+    shuffled-pairs value (B's rows permuted), the panel shades that baseline's range over pairs
+    and marks its median: what the index gives with the pairing broken.
     """
-    indices = _present_indices(rows, indices)
+    indices = _present_indices(similarity, indices)
+    rows = similarity.rows
     fig, axes = plt.subplots(1, len(indices), figsize=(3.2 * len(indices), 3.0), squeeze=False)
-    same = np.array([bool(r.get("same_arch", False)) for r in rows])
-    y = np.array([r[target] for r in rows], dtype=float)
+    same = np.array([r.same_arch for r in rows])
+    y = np.array([r.retention for r in rows], dtype=float)
     for ax, key in zip(axes[0], indices, strict=True):
-        if f"{key}_shuffled" in rows[0]:
-            baseline = np.array([r[f"{key}_shuffled"] for r in rows], dtype=float)
+        if key in rows[0].shuffled:
+            baseline = np.array([r.shuffled[key] for r in rows], dtype=float)
             ax.axvspan(baseline.min(), baseline.max(), color="grey", alpha=0.2, lw=0)
             ax.axvline(np.median(baseline), color="grey", ls="--", lw=1, label="shuffled pairs")
-        x = np.array([r[key] for r in rows], dtype=float)
+        x = np.array([r.index[key] for r in rows], dtype=float)
         ax.scatter(x[~same], y[~same], s=14, label="different arch")
         if same.any():
             ax.scatter(x[same], y[same], s=18, marker="s", label="same arch, other seed")
         title = _INDEX_LABELS.get(key, key)
-        if correlations is not None and key in correlations:
-            title += f"\nSpearman rho = {correlations[key]:+.2f}"
+        if key in similarity.spearman:
+            title += f"\nSpearman rho = {similarity.spearman[key]:+.2f}"
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(_INDEX_LABELS.get(key, key), fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(target)
+    axes[0, 0].set_ylabel("retention")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -150,28 +154,29 @@ def _as_similarity(key: str, values: np.ndarray) -> np.ndarray:
     return 1 - values / np.sqrt(2) if key == "procrustes" else values
 
 
-def plot_similarity_heatmap(rows: Sequence[Mapping[str, Any]], indices: Sequence[str] | None = None,
+def plot_similarity_heatmap(similarity: Similarity, indices: Sequence[str] | None = None,
                             *, ax: Axes | None = None, title: str | None = None) -> Axes:
-    """Model pairs (rows, `row["pair"]`) x similarity indices (columns), each cell annotated with
-    the index's value; a last row, set apart, holds each index's shuffled-pairs baseline (median
-    over pairs of `<index>_shuffled`). Colour is similarity on one 0-1 scale (the Procrustes
-    distance d drawn as 1 - d / sqrt(2)), so a column close in colour to its baseline row says
-    little beyond chance."""
-    indices = _present_indices(rows, indices)
-    missing = [key for key in indices if f"{key}_shuffled" not in rows[0]]
+    """Model pairs (rows) x similarity indices (columns), each cell annotated with the index's
+    value; a last row, set apart, holds each index's shuffled-pairs baseline
+    (`Similarity.baseline`). Colour is similarity on one 0-1 scale (the Procrustes distance d
+    drawn as 1 - d / sqrt(2)), so a column close in colour to its baseline row says little
+    beyond chance."""
+    indices = _present_indices(similarity, indices)
+    rows = similarity.rows
+    missing = [key for key in indices if key not in rows[0].shuffled]
     if missing:
-        raise ValueError(f"rows lack the shuffled-pairs baseline of {missing} "
-                         "(keys '<index>_shuffled', as similarity_rows gives)")
-    values = np.array([[r[key] for key in indices] for r in rows]
-                      + [[np.median([r[f"{key}_shuffled"] for r in rows]) for key in indices]],
-                      dtype=float)
+        raise ValueError(f"rows lack the shuffled-pairs baseline of {missing} (as "
+                         "similarity_rows gives)")
+    baseline = similarity.baseline()
+    values = np.array([[r.index[key] for key in indices] for r in rows]
+                      + [[baseline[key] for key in indices]], dtype=float)
     colour = np.stack([_as_similarity(key, values[:, k]) for k, key in enumerate(indices)], 1)
     ax = _axes(ax, (2.6 + 1.05 * len(indices), 1.2 + 0.24 * len(values)))
     image = ax.imshow(colour, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(indices)), [_INDEX_LABELS.get(k, k) for k in indices], rotation=30,
                   ha="right", fontsize=8)
-    ax.set_yticks(range(len(values)), [str(r["pair"]) for r in rows]
-                  + ["shuffled pairs (median)"], fontsize=7)
+    ax.set_yticks(range(len(values)), [r.pair for r in rows] + ["shuffled pairs (median)"],
+                  fontsize=7)
     ax.axhline(len(rows) - 0.5, color="white", lw=3)
     for i in range(values.shape[0]):
         for k in range(values.shape[1]):
@@ -202,6 +207,18 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, ax: Axes | 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return ax
+
+
+def plot_open_set_roc(results: OpenSetResults, *, ax: Axes | None = None,
+                      title: str | None = None) -> Axes:
+    """E4's ROC for the pair of the shuffled control, A -> B: B native, A native, A mapped into
+    B, and the shuffled-map control (title default: the number of unseen images)."""
+    src, dst = results.shuffled_control.source, results.shuffled_control.target
+    keys = {f"{dst} native": f"{dst} native", f"{src} native": f"{src} native",
+            f"{src} → {dst} mapped": f"{src} -> {dst} mapped",
+            f"{src} → {dst} shuffled-map control": f"{src} -> {dst} shuffled control"}
+    return plot_roc({label: (results.grid, results.curves[key]) for label, key in keys.items()},
+                    ax=ax, title=title or f"unseen classes, {results.n_unseen} images")
 
 
 def _pca_plane(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,79 +266,46 @@ def plot_mapped_scatter(target: torch.Tensor, mapped: torch.Tensor, labels: torc
 
 # ----------------------------------------------------------------------------- the map explorer
 
-EXPLORER_METHODS = ("affine", "ridge", "procrustes", "reduced_rank", "heads (closed form)",
-                    "identity")
-
-
-def explorer_metrics(zoo: Zoo, src: str, dst: str, method: str = "affine", *,
-                     rank: int | None = None, alpha: float = 1.0,
-                     n_pairs: int | None = None) -> tuple[ic.EmbeddingMap, dict[str, float]]:
-    """The map from `src` to `dst` built by `method` (one of `EXPLORER_METHODS`) and its held-out
-    numbers: accuracy (acc(A -> B)), target_accuracy, retention, r2, plus source_accuracy and
-    the two spaces' linear CKA, biased (cka) and debiased (cka_debiased). `rank` (reduced_rank,
-    default min(d_A, d_B)), `alpha` (ridge) and `n_pairs` (fitted maps; default all training
-    images) are read where they apply."""
-    if method not in EXPLORER_METHODS:
-        raise ValueError(f"unknown explorer map {method!r}; use one of {EXPLORER_METHODS}")
-    a, b = zoo.member(src), zoo.member(dst)
-    if method == "heads (closed form)":
-        emb_map = ic.map_from_heads(*(t.double() for t in a.head), *(t.double() for t in b.head))
-    elif method == "identity":
-        if a.dim != b.dim:
-            raise ValueError(f"the identity map needs equal dims, got {a.dim} and {b.dim}")
-        emb_map = ic.identity_map(a.dim, dtype=a.test_emb.double().dtype)
-    else:
-        options: dict[str, Any] = {}
-        if method == "ridge":
-            options["alpha"] = alpha
-        if method == "reduced_rank":
-            options["rank"] = rank if rank is not None else min(a.dim, b.dim)
-        emb_map = fit_pair(zoo, src, dst, method, n_pairs=n_pairs, **options)
-    metrics = evaluate_map(zoo, src, dst, emb_map)
-    metrics["source_accuracy"] = a.test_acc
-    metrics["cka"] = ic.linear_cka(a.test_emb.double(), b.test_emb.double())
-    metrics["cka_debiased"] = ic.linear_cka(a.test_emb, b.test_emb, debiased=True)
-    return emb_map, metrics
-
-
-def _accuracy_bars(src: str, dst: str, metrics: Mapping[str, float]) -> dict[str, float]:
+def _accuracy_bars(src: str, dst: str, view: MapView) -> dict[str, float]:
     """The explorer's three bars: A's own accuracy, B's own, and A mapped through B's head."""
-    return {f"A\n{src}": metrics["source_accuracy"], f"B\n{dst}": metrics["target_accuracy"],
-            "A mapped,\nB's head": metrics["accuracy"]}
+    return {f"A\n{src}": view.source_accuracy, f"B\n{dst}": view.target_accuracy,
+            "A mapped,\nB's head": view.accuracy}
 
 
 _BAR_COLOURS = ("tab:blue", "tab:orange", "tab:green")
 
 
-def _metrics_line(metrics: Mapping[str, float]) -> str:
-    return (f"retention {metrics['retention']:.3f}  R² {metrics['r2']:.2f}  "
-            f"CKA {metrics['cka']:.2f} (debiased {metrics['cka_debiased']:.2f})")
+def _view_line(view: MapView) -> str:
+    return (f"retention {view.retention:.3f}  R² {view.r2:.2f}  "
+            f"CKA {view.cka:.2f} (debiased {view.cka_debiased:.2f})")
 
 
-def explorer_figure(zoo: Zoo, src: str, dst: str, method: str = "affine", **options: Any
-                    ) -> tuple[plt.Figure, dict[str, float]]:
-    """Left: B's test embeddings and A's mapped ones in B's top-2 PCA plane. Right: accuracies of
-    A, B and A mapped through B's head. `options` as `explorer_metrics`. Returns (figure, metrics)."""
-    emb_map, metrics = explorer_metrics(zoo, src, dst, method, **options)
+def map_figure(zoo: Zoo, src: str, dst: str, method: str = "affine", **options: Any
+               ) -> tuple[plt.Figure, MapView]:
+    """The static counterpart of `MapExplorer`: one state of the explorer. Left: B's test
+    embeddings and A's mapped ones in B's top-2 PCA plane. Right: accuracies of A, B and A
+    mapped through B's head. `method` and `options` as `interchange_analysis.explore_map`.
+    Returns (figure, the state's `MapView`)."""
+    view = explore_map(zoo, src, dst, method, **options)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [3, 2]},
                                       dpi=80)
     a, b = zoo.member(src), zoo.member(dst)
-    plot_mapped_scatter(b.test_emb, emb_map(a.test_emb.double()), zoo.test_labels, ax=left,
+    plot_mapped_scatter(b.test_emb, view.emb_map(a.test_emb.double()), zoo.test_labels, ax=left,
                         title=f"{src} -> {dst} ({method})", max_points=300)
-    bars = _accuracy_bars(src, dst, metrics)
+    bars = _accuracy_bars(src, dst, view)
     right.bar(range(3), list(bars.values()), color=list(_BAR_COLOURS))
     right.set_xticks(range(3), list(bars), fontsize=8)
     right.set_ylim(0, 1.05)
     right.set_ylabel("test accuracy")
-    right.set_title(_metrics_line(metrics), fontsize=9)
+    right.set_title(_view_line(view), fontsize=9)
     for i, value in enumerate(bars.values()):
         right.text(i, value + 0.01, f"{value:.3f}", ha="center", fontsize=8)
     fig.tight_layout()
-    return fig, metrics
+    return fig, view
 
 
 class GridPoint(NamedTuple):
-    """One precomputed explorer state: its slider label, the map kind and `explorer_metrics`
+    """One precomputed explorer state: its slider label, the map kind and `explore_map`
     options (rank, alpha, n_pairs)."""
 
     label: str
@@ -329,9 +313,9 @@ class GridPoint(NamedTuple):
     options: Mapping[str, Any] = {}
 
 
-def explorer_grid(zoo: Zoo, src: str, dst: str, *, pair_counts: Sequence[int] = (20, 100),
-                  alphas: Sequence[float] = (1.0, 1e3, 1e5),
-                  ranks: Sequence[int] = (1, 2, 4, 8)) -> list[GridPoint]:
+def map_grid(zoo: Zoo, src: str, dst: str, *, pair_counts: Sequence[int] = (20, 100),
+             alphas: Sequence[float] = (1.0, 1e3, 1e5),
+             ranks: Sequence[int] = (1, 2, 4, 8)) -> list[GridPoint]:
     """The explorer's map kinds for the pair `src` -> `dst`, with a few values of the knob each
     reads: affine on all training images, then on `pair_counts` of them; ridge at each alpha;
     Procrustes; reduced rank at each rank; the closed form from the heads; the identity.
@@ -371,10 +355,10 @@ def _padded_range(values: np.ndarray, pad: float = 0.08) -> list[float]:
     return [low - margin, high + margin]
 
 
-def explorer_slider(zoo: Zoo, src: str, dst: str, grid: Sequence[GridPoint] | None = None, *,
-                    max_points: int = 200) -> Any:
+def map_slider(zoo: Zoo, src: str, dst: str, grid: Sequence[GridPoint] | None = None, *,
+               max_points: int = 200) -> Any:
     """The map explorer without a kernel: a plotly figure with one slider step per grid point
-    (default `explorer_grid(zoo, src, dst)`), each showing what the widget shows for that state.
+    (default `map_grid(zoo, src, dst)`), each showing what the widget shows for that state.
 
     Left: B's test embeddings (dots, fixed) and A's mapped ones (crosses) in B's top-2 PCA plane,
     `max_points` of them, coloured by digit. Right: acc(A), acc(B) and acc(A -> B) bars. Each
@@ -383,7 +367,7 @@ def explorer_slider(zoo: Zoo, src: str, dst: str, grid: Sequence[GridPoint] | No
     """
     import plotly.graph_objects as go
 
-    grid = list(explorer_grid(zoo, src, dst) if grid is None else grid)
+    grid = list(map_grid(zoo, src, dst) if grid is None else grid)
     if len(grid) < 2:
         raise ValueError(f"the slider needs at least two grid points, got {len(grid)}")
     a, b = zoo.member(src), zoo.member(dst)
@@ -393,15 +377,15 @@ def explorer_slider(zoo: Zoo, src: str, dst: str, grid: Sequence[GridPoint] | No
     target_plane = compact(((b.test_emb.double() - mean) @ basis)[keep])
     states = []
     for point in grid:
-        emb_map, metrics = explorer_metrics(zoo, src, dst, point.method, **dict(point.options))
-        mapped_plane = compact(((emb_map(a.test_emb.double()) - mean) @ basis)[keep])
-        states.append((point, mapped_plane, metrics))
+        view = explore_map(zoo, src, dst, point.method, **dict(point.options))
+        mapped_plane = compact(((view.emb_map(a.test_emb.double()) - mean) @ basis)[keep])
+        states.append((point, mapped_plane, view))
 
     marker = dict(color=labels, colorscale=_plotly_class_colours(int(labels.max()) + 1),
                   cmin=0, cmax=int(labels.max()))
 
-    def traces(mapped_plane: np.ndarray, metrics: Mapping[str, float]) -> list[Any]:
-        bars = _accuracy_bars(src, dst, metrics)
+    def traces(mapped_plane: np.ndarray, view: MapView) -> list[Any]:
+        bars = _accuracy_bars(src, dst, view)
         heights = compact(list(bars.values()))
         return [
             go.Scatter(x=target_plane[:, 0], y=target_plane[:, 1], mode="markers",
@@ -416,9 +400,9 @@ def explorer_slider(zoo: Zoo, src: str, dst: str, grid: Sequence[GridPoint] | No
                    showlegend=False),
         ]
 
-    frames = [Frame(point.label, traces(mapped_plane, metrics),
-                    {"title": {"text": f"{src} → {dst}, {point.label}: {_metrics_line(metrics)}"}})
-              for point, mapped_plane, metrics in states]
+    frames = [Frame(point.label, traces(mapped_plane, view),
+                    {"title": {"text": f"{src} → {dst}, {point.label}: {_view_line(view)}"}})
+              for point, mapped_plane, view in states]
     fig = go.Figure(data=list(frames[0].traces))
     every_point = np.concatenate([target_plane] + [plane for _, plane, _ in states])
     fig.update_layout(

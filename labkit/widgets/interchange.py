@@ -1,9 +1,10 @@
 """A map explorer for notebook 03: pick source, target and map method; see what survives.
 
-`MapExplorer` holds the controls (dropdowns and sliders) and redraws `explorer_figure`
-(labkit.viz.interchange) on every change: fitting a map on cached embeddings takes milliseconds.
-Its display carries a picture of its first state, so a stored notebook shows a figure without a
-kernel; `labkit.viz.interchange.explorer_slider` is the kernel-free version over a fixed grid.
+`MapExplorer` holds the controls (dropdowns and sliders) and redraws `map_figure`
+(labkit.viz.interchange), its static counterpart, on every change: fitting a map on cached
+embeddings takes milliseconds. Its display carries a picture of its first state, so a stored
+notebook shows a figure without a kernel; `labkit.viz.interchange.map_slider` is the
+kernel-free version over a fixed grid.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from labkit.methods.interchange_analysis import MAP_METHODS, MapView
 from labkit.methods.interchange_experiments import Zoo
-from labkit.viz.interchange import EXPLORER_METHODS, explorer_figure, explorer_metrics
+from labkit.viz.interchange import map_figure
 from labkit.widgets.picture import with_picture
 from labkit.widgets.sync import serialized
 
-__all__ = ["explorer_metrics", "explorer_figure", "MapExplorer", "map_explorer"]
+__all__ = ["MapExplorer", "map_explorer"]
 
 
 class MapExplorer:
-    """ipywidgets front-end of `explorer_figure`: `.widget` to display, `.update()` to redraw."""
+    """ipywidgets front-end of `map_figure`: `.widget` to display, `.update()` to redraw;
+    `.view` is the drawn state (`MapView`, None when the chosen map cannot be built)."""
 
     def __init__(self, zoo: Zoo, src: str | None = None, dst: str | None = None) -> None:
         import ipywidgets as w
@@ -31,7 +34,7 @@ class MapExplorer:
         self.src = w.Dropdown(options=names, value=src or names[0], description="source A")
         self.dst = w.Dropdown(options=names, value=dst or names[min(2, len(names) - 1)],
                               description="target B")
-        self.method = w.Dropdown(options=EXPLORER_METHODS, value="affine", description="map")
+        self.method = w.Dropdown(options=MAP_METHODS, value="affine", description="map")
         max_rank = max(m.dim for m in zoo.members)
         self.rank = w.IntSlider(value=max_rank, min=1, max=max_rank, description="rank",
                                 continuous_update=False)
@@ -48,10 +51,10 @@ class MapExplorer:
         self.widget = w.VBox([w.HBox([self.src, self.dst, self.method]),
                               w.HBox([self.rank, self.alpha, self.n_pairs]), self.hint, self.message,
                               self.output])
-        self.metrics: dict[str, float] = {}
+        self.view: MapView | None = None
         self.update()
-        first_state, _ = explorer_figure(zoo, self.src.value, self.dst.value, self.method.value,
-                                         **self._options())
+        first_state, _ = map_figure(zoo, self.src.value, self.dst.value, self.method.value,
+                                    **self._options())
         with_picture(self.widget, first_state, "map explorer")
 
     def _enable_applicable(self) -> None:
@@ -65,7 +68,7 @@ class MapExplorer:
                            f"<i>{method}: nothing to fit, so no slider applies</i>")
 
     def _options(self) -> dict[str, Any]:
-        """The `explorer_metrics` options the chosen map reads, from the sliders."""
+        """The `explore_map` options the chosen map reads, from the sliders."""
         method = self.method.value
         if method in ("heads (closed form)", "identity"):
             return {}
@@ -85,10 +88,10 @@ class MapExplorer:
         self._enable_applicable()
         self.output.clear_output(wait=True)
         try:
-            fig, self.metrics = explorer_figure(self.zoo, self.src.value, self.dst.value,
-                                                self.method.value, **self._options())
+            fig, self.view = map_figure(self.zoo, self.src.value, self.dst.value,
+                                        self.method.value, **self._options())
         except ValueError as error:
-            self.metrics = {}
+            self.view = None
             self.message.value = f"<b>cannot build this map:</b> {error}"
             return
         self.message.value = ""

@@ -32,6 +32,7 @@ import torch
 
 from labkit.core import config
 from labkit.methods import interchange as ic
+from labkit.methods import interchange_analysis as ia
 from labkit.methods import interchange_experiments as ex
 from labkit.viz import interchange as viz
 from labkit.viz.playable import show
@@ -39,11 +40,14 @@ from labkit.widgets import interchange as wid
 
 plt.rcParams["figure.dpi"] = 72  # keeps the stored PNGs small
 print(config.describe())
-settings = ex.zoo_settings()
-if settings["cpu_threads"] and config.get_device().type == "cpu":
-    torch.set_num_threads(settings["cpu_threads"])  # the map fits are many small SVDs
+settings, grid = ex.Settings.for_profile(), ex.EXPERIMENT.grid()
+threads = config.small_cpu_thread_cap(config.get_device())
+if threads:
+    torch.set_num_threads(threads)  # the map fits are many small SVDs
 print("torch threads:", torch.get_num_threads())
-for key, value in settings.items():
+print(f"zoo: {grid['arch']} x seeds {grid['seed']}; control members: {ex.control_arch()}; "
+      f"open-set epochs: {ex.open_epochs()}")
+for key, value in settings.as_dict().items():
     print(f"{key:>22}: {value}")
 
 # %% [markdown]
@@ -88,6 +92,8 @@ for d_b in (128, 4):
 zoo = ex.build_zoo(settings)
 for m in zoo.members + list(zoo.extras.values()):
     print(f"{m.name:>18}  d = {m.dim:>2}  test accuracy = {m.test_acc:.3f}")
+print()
+print(ex.table(ex.summary(zoo.members)))  # test accuracy (%) per architecture over the seeds
 
 # %% [markdown]
 # ## E1 · The closed-form map is exact when d_B ≥ C, and fails when d_B < C
@@ -98,8 +104,8 @@ for m in zoo.members + list(zoo.extras.values()):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-closed = ex.closed_form_matrix(zoo)
-for claim, holds in ex.closed_form_checks(closed).items():
+closed = ia.closed_form_matrix(zoo)
+for claim, holds in ia.closed_form_checks(closed).items():
     print(f"{claim}: {holds}")
 
 # %% [markdown]
@@ -113,11 +119,11 @@ for claim, holds in ex.closed_form_checks(closed).items():
 
 # %%
 # headline figure
-fitted = ex.retention_matrix(zoo, "affine")
+fitted = ia.retention_matrix(zoo, "affine")
 fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-viz.plot_matrix(closed["agreement"], closed["names"], ax=axes[0],
+viz.plot_matrix(closed.agreement, closed.names, ax=axes[0],
                 title="closed-form map: share of A's predictions kept")
-viz.plot_matrix(fitted["retention"], fitted["names"], ax=axes[1], vmin=0.6, vmax=1.2,
+viz.plot_matrix(fitted.retention, fitted.names, ax=axes[1], vmin=0.6, vmax=1.2,
                 title="fitted affine map: retention acc(A→B)/acc(B)")
 fig.tight_layout()
 
@@ -128,19 +134,18 @@ fig.tight_layout()
 # *untrained* network, and a map fitted on the test images themselves (in-sample).
 
 # %%
-ctrl = ex.controls(zoo)
-print(f"median retention over {ctrl['n_pairs']} ordered pairs, seeds {settings['seeds']}:")
-print(f"  fitted affine map (train images)   {ctrl['fitted']:.3f}")
-print(f"  same, fitted on the test images    {ctrl['fit_on_test']:.3f}")
-print(f"  identity map, same arch other seed {ctrl['identity']:.3f}  ({ctrl['n_identity_pairs']} pairs)")
-print(f"  shuffled correspondences           {ctrl['shuffled']:.3f}")
-print(f"  untrained network as source        {ctrl['random_init']:.3f}")
-print(f"  chance (0.1 / median own accuracy) {ctrl['chance']:.3f}")
+ctrl = ia.controls(zoo)
+print(f"median retention over {ctrl.n_pairs} ordered pairs, seeds {grid['seed']}:")
+print(f"  fitted affine map (train images)   {ctrl.fitted:.3f}")
+print(f"  same, fitted on the test images    {ctrl.fit_on_test:.3f}")
+print(f"  identity map, same arch other seed {ctrl.identity:.3f}  ({ctrl.n_identity_pairs} pairs)")
+print(f"  shuffled correspondences           {ctrl.shuffled:.3f}")
+print(f"  untrained network as source        {ctrl.random_init:.3f}")
+print(f"  chance (0.1 / median own accuracy) {ctrl.chance:.3f}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("fitted map beats the identity and shuffled controls:",
-      ctrl["fitted"] > max(ctrl["identity"], ctrl["shuffled"]))
+print("fitted map beats the identity and shuffled controls:", ctrl.fitted_beats_controls)
 
 # %% [markdown]
 # ## How many pairs, and how many dimensions, does the map need?
@@ -153,11 +158,10 @@ print("fitted map beats the identity and shuffled controls:",
 
 # %%
 sweep_names = [n for n in zoo.names if n.endswith("-s0")]
-ns = settings.get("sweep_pairs", [20, 50, 100, 300, 1000, len(zoo.train_labels)])
-ns = [n for n in ns if n <= len(zoo.train_labels)]
-curves = ex.retention_vs_pairs(zoo, ns, names=sweep_names)
-ranks = [k for k in (1, 2, 4, 8, 16, 32) if k <= settings["dim"]]
-by_rank = ex.retention_vs_rank(zoo, ranks, names=sweep_names)
+ns = [n for n in (20, 50, 100, 300, 1000, len(zoo.train_labels)) if n <= len(zoo.train_labels)]
+curves = ia.retention_vs_pairs(zoo, ns, names=sweep_names)
+ranks = [k for k in (1, 2, 4, 8, 16, 32) if k <= settings.dim]
+by_rank = ia.retention_vs_rank(zoo, ranks, names=sweep_names)
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 viz.plot_curves(ns, curves, ax=axes[0], logx=True, xlabel="fitting pairs N", hline=1.0,
                 title="retention vs number of fitting images")
@@ -192,27 +196,29 @@ print(f"{'reduced rank':>16}: " + "  ".join(f"k={k}: {v:.3f}" for k, v in zip(ra
 # beyond that baseline.
 
 # %%
-rows, rhos = ex.similarity_rows(zoo)
-fig = viz.plot_similarity_vs_retention(rows, correlations=rhos)
+similarity = ia.similarity_rows(zoo)
+rows, rhos = similarity.rows, similarity.spearman
+fig = viz.plot_similarity_vs_retention(similarity)
 print("Spearman rho with retention: " + ", ".join(f"{k} {v:+.2f}" for k, v in rhos.items()))
-for key in ("cka", "cka_debiased", "mean_cca", "retention"):
-    print(f"{key:>13} ranges {min(r[key] for r in rows):.2f}-{max(r[key] for r in rows):.2f}")
+ranges = {key: [r.index[key] for r in rows] for key in ("cka", "cka_debiased", "mean_cca")}
+ranges["retention"] = [r.retention for r in rows]
+for key, values in ranges.items():
+    print(f"{key:>13} ranges {min(values):.2f}-{max(values):.2f}")
 print(f"largest gap between the two CKA estimators: "
-      f"{max(abs(r['cka'] - r['cka_debiased']) for r in rows):.3f}")
+      f"{max(abs(r.index['cka'] - r.index['cka_debiased']) for r in rows):.3f}")
 
 # %%
-ax = viz.plot_similarity_heatmap(rows, title="each pair's indices on the test digits, "
-                                             "and with B's rows shuffled")
+ax = viz.plot_similarity_heatmap(similarity, title="each pair's indices on the test digits, "
+                                                   "and with B's rows shuffled")
 ax.figure.tight_layout()
-baseline = {key: np.median([r[f"{key}_shuffled"] for r in rows]) for key in ex.SIMILARITY_INDICES}
+baseline = similarity.baseline()
 print("shuffled-pairs baseline, median over pairs: "
       + ", ".join(f"{key} {value:.3f}" for key, value in baseline.items()))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-beyond = all(r[key] < r[f"{key}_shuffled"] if key == "procrustes" else r[key] > r[f"{key}_shuffled"]
-             for r in rows for key in ex.SIMILARITY_INDICES)
-print("every index sits beyond its shuffled-pairs baseline on every pair:", beyond)
+print("every index sits beyond its shuffled-pairs baseline on every pair:",
+      similarity.beyond_baseline())
 
 # %% [markdown]
 # ## E4 · Open set: verification on digits no network has seen
@@ -226,28 +232,21 @@ print("every index sits beyond its shuffled-pairs baseline on every pair:", beyo
 
 # %%
 open_zoo = ex.build_open_set_zoo(settings)
-open_res = ex.open_set_results(open_zoo)
-c = open_res["shuffled_control"]
-src, dst = c["source"], c["target"]  # the pair the shuffled control was fitted for
+open_res = ia.open_set_results(open_zoo)
 fig, ax = plt.subplots(figsize=(6, 4.2))
-viz.plot_roc({f"{dst} native": (open_res["grid"], open_res["curves"][f"{dst} native"]),
-              f"{src} native": (open_res["grid"], open_res["curves"][f"{src} native"]),
-              f"{src} → {dst} mapped": (open_res["grid"], open_res["curves"][f"{src} -> {dst} mapped"]),
-              f"{src} → {dst} shuffled-map control": (
-                  open_res["grid"], open_res["curves"][f"{src} -> {dst} shuffled control"])},
-             ax=ax, title=f"unseen digits, {open_res['n_unseen']} images")
+viz.plot_open_set_roc(open_res, ax=ax, title=f"unseen digits, {open_res.n_unseen} images")
 print(f"{'':>28} {'EER':>6} {'TAR@1e-2':>9} {'TAR@1e-3':>9} {'R@1':>6}")
-for name, r in open_res["native"].items():
-    print(f"{name + ' native':>28} {r['eer']:6.3f} {r['tar@far=0.01']:9.3f} {r['tar@far=0.001']:9.3f} {r['recall@1']:6.3f}")
-for r in open_res["pairs"]:
-    print(f"{r['source'] + ' -> ' + r['target']:>28} {r['eer']:6.3f} {r['tar@far=0.01']:9.3f} "
-          f"{r['tar@far=0.001']:9.3f} {r['recall@1']:6.3f}")
+rows_to_print = [(f"{name} native", r) for name, r in open_res.native.items()]
+rows_to_print += [(f"{p.source} -> {p.target}", p.metrics) for p in open_res.pairs]
+for label, r in rows_to_print:
+    print(f"{label:>28} {r['eer']:6.3f} {r['tar@far=0.01']:9.3f} {r['tar@far=0.001']:9.3f} "
+          f"{r['recall@1']:6.3f}")
+c = open_res.shuffled_control.metrics
 print(f"{'shuffled control':>28} {c['eer']:6.3f} {c['tar@far=0.01']:9.3f} {c['tar@far=0.001']:9.3f}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-mapped_eer = np.median([r["eer"] for r in open_res["pairs"]])
-print("median mapped EER below the shuffled control's:", bool(mapped_eer < open_res["shuffled_control"]["eer"]))
+print("median mapped EER below the shuffled control's:", open_res.mapped_beats_control)
 
 # %% [markdown]
 # ## Explore a pair
@@ -266,7 +265,7 @@ wid.map_explorer(zoo, zoo.names[0], zoo.names[-1])
 # and the identity, and watch the crosses leave B's cloud as retention falls.
 
 # %%
-show(viz.explorer_slider(zoo, zoo.names[0], zoo.names[-1]))
+show(viz.map_slider(zoo, zoo.names[0], zoo.names[-1]))
 
 # %% [markdown]
 # ## Results
@@ -282,24 +281,24 @@ def spread(values) -> str:
 
 
 own = np.array([m.test_acc for m in zoo.members])
-pairs_off = ~np.eye(len(fitted["names"]), dtype=bool)
-narrow = closed["names"].index(zoo.extras["low_dim"].name)
-into_narrow = np.delete(closed["agreement"][:, narrow], narrow)
+pairs_off = ~np.eye(len(fitted.names), dtype=bool)
+narrow = closed.names.index(zoo.extras["low_dim"].name)
+into_narrow = np.delete(closed.agreement[:, narrow], narrow)
 ols_by_n = dict(zip(ns, curves["affine (OLS)"], strict=True))
 rank_by_k = dict(zip(ranks, by_rank, strict=True))
 n_small = min(ols_by_n, key=lambda n: abs(n - 100))
 k_small = min(rank_by_k, key=lambda k: abs(k - 8))
 table = [
     ("own test accuracy", f"mean {own.mean():.3f} ± {own.std(ddof=1):.3f} (sd)",
-     f"{len(own)} members, seeds {settings['seeds']}"),
+     f"{len(own)} members, seeds {grid['seed']}"),
     ("E1 closed form into d < C: A's predictions kept", spread(into_narrow),
      f"{len(into_narrow)} sources"),
-    ("E2 fitted affine map: retention", spread(fitted["retention"][pairs_off]),
-     f"{ctrl['n_pairs']} ordered pairs"),
-    ("   identity between seeds: retention", f"median {ctrl['identity']:.3f}",
-     f"{ctrl['n_identity_pairs']} pairs"),
-    ("   shuffled pairs / untrained source", f"median {ctrl['shuffled']:.3f} / {ctrl['random_init']:.3f}",
-     f"chance {ctrl['chance']:.3f}"),
+    ("E2 fitted affine map: retention", spread(fitted.retention[pairs_off]),
+     f"{ctrl.n_pairs} ordered pairs"),
+    ("   identity between seeds: retention", f"median {ctrl.identity:.3f}",
+     f"{ctrl.n_identity_pairs} pairs"),
+    ("   shuffled pairs / untrained source", f"median {ctrl.shuffled:.3f} / {ctrl.random_init:.3f}",
+     f"chance {ctrl.chance:.3f}"),
     (f"   OLS with N = {n_small} pairs / rank-{k_small} map",
      f"median {ols_by_n[n_small]:.3f} / {rank_by_k[k_small]:.3f}", f"{len(sweep_names)} archs, seed 0"),
     ("E3 Spearman rho with retention: CKA / debiased / mean CCA",
@@ -307,13 +306,13 @@ table = [
     ("   shuffled pairs: CKA / debiased / mean CCA",
      f"{baseline['cka']:.3f} / {baseline['cka_debiased']:.3f} / {baseline['mean_cca']:.3f}",
      "median over pairs"),
-    ("E4 open set EER: native", spread([r["eer"] for r in open_res["native"].values()]),
-     f"{len(open_res['native'])} networks, seed 0"),
-    ("   mapped", spread([r["eer"] for r in open_res["pairs"]]),
-     f"{len(open_res['pairs'])} ordered pairs"),
-    ("E4 rank-1 retrieval: native", spread([r["recall@1"] for r in open_res["native"].values()]),
-     f"{open_res['n_unseen']} unseen digits"),
-    ("   mapped", spread([r["recall@1"] for r in open_res["pairs"]]), ""),
+    ("E4 open set EER: native", spread([r["eer"] for r in open_res.native.values()]),
+     f"{len(open_res.native)} networks, seed 0"),
+    ("   mapped", spread([p.metrics["eer"] for p in open_res.pairs]),
+     f"{len(open_res.pairs)} ordered pairs"),
+    ("E4 rank-1 retrieval: native", spread([r["recall@1"] for r in open_res.native.values()]),
+     f"{open_res.n_unseen} unseen digits"),
+    ("   mapped", spread([p.metrics["recall@1"] for p in open_res.pairs]), ""),
 ]
 print(f"profile {config.profile()}")
 for measure, value, over in table:
@@ -357,8 +356,7 @@ for measure, value, over in table:
 #    estimator, which at small n is far from 0 even for unrelated inputs; the debiased one
 #    scatters around 0 for them (below 0 too). Which of the two still tells the real pair from
 #    the Gaussian one, and how much does each move from one draw of 32 digits to the next?
-# 5. **More training for the open set.** Set `settings["open_epochs"] = 10` and re-run
-#    `ex.build_open_set_zoo(settings)` and `ex.open_set_results(...)`. Does the mapped EER close
-#    in on the native one? *Hint:* the cache is keyed by the settings, so this trains four new
+# 5. **More training for the open set.** Re-run `ex.build_open_set_zoo(settings, epochs=10)`
+#    and `ia.open_set_results(...)`. Does the mapped EER close in on the native one? *Hint:* the cache is keyed by the settings, so this trains four new
 #    networks (a few minutes on a CPU in `lab`). `LABKIT_PROFILE=full` runs the whole lab on
 #    CIFAR-10.

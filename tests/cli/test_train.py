@@ -124,7 +124,8 @@ def _runner_config(method: str, cfg: dict, extra: dict) -> dict:
     if method == "fdl":
         return fdl_experiments.run_config(fdl_experiments.sweep_settings(cfg["dataset"]),
                                           k=cfg["k"], seed=cfg["seed"], use_fdl=cfg["use_fdl"])
-    return interchange_experiments.member_config(cfg["arch"], cfg["seed"], kind=cfg["kind"])
+    identity = {key: cfg[key] for key in train_jobs.IDENTITY["interchange"]}
+    return interchange_experiments.Settings.for_profile(**identity, **extra).as_dict()
 
 
 @pytest.mark.parametrize("method", sorted(BUNDLED))
@@ -159,8 +160,10 @@ def test_set_overrides_are_read_as_toml_and_none_is_none(tmp_path):
     (["foo"], {}, "unknown method 'foo'"),
     (["reponet", "--set", "bogus=1"], {}, "unknown config keys ['bogus']; known: ["),
     (["fdl", "--set", "ks=[3]"], {}, "unknown config keys ['ks']; known: ["),
-    (["interchange", "--config", "quick-open", "--set", "train_per_class=9"], {},
-     "unknown config keys ['train_per_class']"),
+    (["interchange", "--config", "quick-open", "--set", "open_seen=9"], {},
+     "unknown settings ['open_seen']; the settings of"),
+    (["interchange", "--set", "arch_options={widths=[8]}"], {},
+     "arch_options maps architectures"),
     (["interchange", "--set", "arch=resnet"], {}, "unknown zoo architecture 'resnet'"),
     (["reponet", "--set", "head=center"], {}, "the angular margin applies to fixed polytopes"),
     (["reponet", "--set", "epochs=0"], {}, "the config trains no step: epochs must be >= 1"),
@@ -406,12 +409,10 @@ def _runners_own_run(method: str, cfg: dict, monkeypatch) -> tuple:
         monkeypatch.setattr(runner, "_run", no_training)
         return own, lambda: runner.run_fewshot(runner.sweep_settings(), k=cfg["k"],
                                                seed=cfg["seed"], use_fdl=cfg["use_fdl"])
-    cache = os.environ["LABKIT_CACHE"]
-    monkeypatch.setenv("LABKIT_CACHE", cache + "-own")  # train_member always goes through one
-    own = runner.train_member(cfg["arch"], cfg["seed"], kind=cfg["kind"], progress=False)
-    monkeypatch.setenv("LABKIT_CACHE", cache)
-    monkeypatch.setattr(runner, "fit", no_training)
-    return own, lambda: runner.train_member(cfg["arch"], cfg["seed"], kind=cfg["kind"])
+    settings = runner.Settings.build(**cfg)  # interchange: one zoo member
+    own = runner.EXPERIMENT.train(settings, False)
+    monkeypatch.setattr(runner.EXPERIMENT, "train", no_training)
+    return own, lambda: runner.run(settings)
 
 
 @pytest.mark.parametrize(("method", "name"), [

@@ -586,3 +586,33 @@ def test_reduced_rank_ridge_minimises_the_penalised_loss_among_rank_k_maps():
     _, _, vh = torch.linalg.svd(xc @ ridge.weight.T, full_matrices=False)
     plain = (ridge.weight.T @ vh[:k].T @ vh[:k]).T
     assert loss(rrr.weight) < loss(plain) - 1e-3
+
+
+# ----------------------------------------------------------------------------- the zoo's networks
+
+@pytest.mark.parametrize("arch", ic.ZOO_ARCHS)
+def test_zoo_networks_follow_the_network_contract(arch):
+    net = ic.build_zoo_network(arch, in_channels=1, num_classes=10, feat_dim=12)
+    out = net.forward_all(torch.rand(3, 1, 28, 28))
+    assert out.feature_map.ndim == 4 and out.embedding.shape == (3, 12)
+    assert out.logits.shape == (3, 10)
+    assert isinstance(net.head, nn.Linear) and net.head.bias is not None
+    # the full profile's CIFAR shape, open-set variant without a head
+    cifar = ic.build_zoo_network(arch, 3, 10, 8, image_size=32, head=None)
+    assert cifar.head is None and cifar(torch.rand(2, 3, 32, 32)).shape == (2, 8)
+
+
+def test_unknown_zoo_architecture_and_head():
+    with pytest.raises(ValueError, match="unknown zoo architecture"):
+        ic.build_zoo_network("alexnet")
+    with pytest.raises(ValueError, match="head must be"):
+        ic.build_zoo_network("mlp", head="cosine")
+
+
+def test_cosface_objective_trains_its_class_weights():
+    objective = ic.CosFaceObjective(num_classes=3, dim=4)
+    embedding = torch.randn(6, 4, requires_grad=True)
+    loss = objective.from_embedding(embedding, torch.tensor([0, 1, 2, 0, 1, 2]))
+    loss.backward()
+    assert loss.item() > 0 and embedding.grad is not None
+    assert all(p.grad is not None for p in objective.parameters())
