@@ -320,18 +320,18 @@ for measure, value, over in table:
 
 # %% [markdown]
 # **Reading.** In the closed set, the paper's claim holds at this small scale. A fitted affine map
-# kept a median 0.989 of the target's accuracy (a 1.1 % drop against the paper's 1.9 %), and
+# kept a median 0.984 of the target's accuracy (a 1.6 % drop against the paper's 1.9 %), and
 # the identity between seeds kept 0.003, so the equivalence is real but holds only *up to a
 # map*. Two caveats:
-# - an untrained network's features, mapped, still kept 0.780, so on MNIST retention shows what
+# - an untrained network's features, mapped, still kept 0.779, so on MNIST retention shows what
 #   A's features can carry, not that A and B learned the same thing;
-# - the indices rank the pairs roughly as retention does (Spearman ρ +0.68 for CKA,
-#   +0.68 for the debiased one, which differs from the biased one by at
-#   most 0.002 at n = 1,000), and every pair sits far beyond the shuffled-pairs
-#   baseline (medians 0.004, 0.000 and 0.151 for CKA, debiased CKA and mean CCA), but they call spaces
-#   only moderately similar that a map makes almost fully interchangeable.
+# - the indices rank the pairs roughly as retention does (Spearman ρ +0.70 for CKA,
+#   +0.70 for the debiased one, which differs from the biased one by at most 0.002 at
+#   n = 1,000), and every pair sits far beyond the shuffled-pairs baseline (medians 0.004,
+#   0.000 and 0.151 for CKA, debiased CKA and mean CCA), but they call spaces only moderately
+#   similar that a map makes almost fully interchangeable.
 #
-# The open set is where this lab departs from the paper. Mapped EERs were 0.34–0.43 against
+# The open set is where this lab departs from the paper. Mapped EERs were 0.33–0.43 against
 # native 0.29–0.39 (shuffled control 0.51). That is far above chance, but it is not the paper's
 # "at most 1 %".
 
