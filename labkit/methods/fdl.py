@@ -16,7 +16,10 @@ Combiners on the trained members: soft vote, hard vote (ties -> lowest class id)
 feature-fusion head (frozen members, then fine-tuning); which of them the paper's tables report
 is UNVERIFIED (the published keywords suggest the fusion head). Grad-CAM per member comes from
 pytorch-grad-cam on the same layer the loss uses, and `attention_iou` measures how much the
-members' above-mean regions overlap.
+members' above-mean regions overlap (`cam_metrics` also against object masks). A run's pieces
+live here too: the members (`member_factory`), their joint training (`train_jointly`), the
+fusion head's two phases (`train_fusion`) and the test measures (`test_pass`, `cam_metrics`);
+`labkit.methods.fdl_experiments` is the runner that puts them together.
 
 docs/methods/fdl.md maps the paper's symbols to these functions and lists the defaults, the
 comparison with the authors' code and every deviation from it.
@@ -33,7 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.core.models import NetworkOutput, eval_mode
+from labkit.core.data import ArrayDataset
+from labkit.core.evaluate import mask_cover, mass_inside, pointing_hits
+from labkit.core.models import NetworkOutput, build_network, eval_mode, he_uniform_
+from labkit.core.train import fit
 
 __all__ = [
     "fdl_descriptor",
@@ -42,17 +48,26 @@ __all__ = [
     "FeatureDistanceLoss",
     "joint_loss",
     "JointLoss",
+    "train_jointly",
+    "INITS",
+    "member_factory",
     "make_members",
     "FDLEnsemble",
     "soft_vote",
     "hard_vote",
     "FusionHead",
     "FusionModel",
+    "epochs_for",
+    "train_fusion",
     "above_mean_mask",
     "attention_iou",
     "member_gradcam",
     "descriptor_maps",
+    "member_attention",
     "ensemble_accuracies",
+    "accuracy",
+    "test_pass",
+    "cam_metrics",
 ]
 
 # Keras' l2_normalize clamps the squared norm at 1e-12; a fully masked (all-zero) descriptor
@@ -213,6 +228,32 @@ class JointLoss:
 
 # ----------------------------------------------------------------------------- the ensemble
 
+INITS = ("he_uniform", "default")
+
+
+def member_factory(widths: Sequence[int], num_classes: int, in_channels: int, image_size: int,
+                   feat_dim: int, conv_dropout: Sequence[float] = (),
+                   init: str = "default") -> Callable[[], nn.Module]:
+    """A VGG-style member (`build_network("vgg")`): its post-pool map is what FDL compares.
+
+    As the paper's Keras VGG: after block i's pooling, Dropout conv_dropout[i] (the last block's
+    after the FDL map, so FDL and Grad-CAM read the map undropped); head Flatten -> Dense
+    `feat_dim` -> BN -> ReLU -> Dropout 0.5 -> Dense K (with bias) -> softmax. init
+    "he_uniform" (the code's) or "default" (PyTorch's).
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; use one of {INITS}")
+    rates = tuple(conv_dropout)[:len(widths)]
+
+    def build() -> nn.Module:
+        net = build_network("vgg", in_channels, num_classes, feat_dim, neck="flatten_mlp",
+                            head=nn.Linear(feat_dim, num_classes), image_size=image_size,
+                            widths=tuple(widths), dropout=rates[:-1],
+                            neck_options={"map_dropout": rates[-1] if rates else 0.0})
+        return he_uniform_(net) if init == "he_uniform" else net
+    return build
+
+
 def make_members(factory: Callable[[], nn.Module], num_members: int = 5, seed: int = 0) -> list[nn.Module]:
     """M members of one architecture with independent initialisations.
 
@@ -288,7 +329,7 @@ def hard_vote(member_logits: torch.Tensor) -> torch.Tensor:
     return (votes * num_classes + bonus).argmax(dim=1)
 
 
-# ----------------------------------------------------------------------------- fusion head
+# ------------------------------------------------------------------- fusion head, training
 
 class FusionHead(nn.Module):
     """The code's feature-fusion head on the M concatenated FDL-layer maps.
@@ -339,6 +380,66 @@ class FusionModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.fused_maps(images))
+
+
+def epochs_for(steps: int, n: int, batch_size: int) -> tuple[int, int]:
+    """(epochs, batch) that cover `steps` optimiser steps on `n` samples: whole epochs of
+    `fit`'s batches, a batch never larger than the data."""
+    batch = min(batch_size, n)
+    per_epoch = max(1, n // batch)
+    return max(1, math.ceil(steps / per_epoch)), batch
+
+
+def train_jointly(ensemble: FDLEnsemble, train: ArrayDataset, lambda_cos: float = 1.0,
+                  lambda_euc: float = 10.0, *, use_fdl: bool = True, steps: int, batch_size: int,
+                  lr: float = 1e-3, seed: int = 0, device: torch.device | None = None,
+                  progress: bool = False) -> list[dict[str, float]]:
+    """Train the members together in place: one Adam (constant `lr`) on `JointLoss`, `steps`
+    optimiser steps in whole epochs (`epochs_for`). Returns the loss parts of each epoch's last
+    batch ({"epoch", "ce", "s_cos", "s_euc", "fdl"})."""
+    loss_fn = JointLoss(lambda_cos, lambda_euc, use_fdl=use_fdl)
+    log: list[dict[str, float]] = []
+
+    class _Log:
+        def on_epoch_end(self, state) -> None:
+            log.append({"epoch": state.epoch, **loss_fn.last})
+
+    epochs, batch = epochs_for(steps, len(train), batch_size)
+    fit(ensemble, loss_fn, train, epochs=epochs, batch_size=batch, optimizer="adam", lr=lr,
+        device=device, callbacks=[_Log()], seed=seed, progress=progress)
+    return log
+
+
+def train_fusion(ensemble: FDLEnsemble, train: ArrayDataset, *, steps: int, finetune_steps: int,
+                 lr: float = 1e-3, finetune_lr: float = 1e-5, batch_size: int = 32, seed: int = 0,
+                 device: torch.device | None = None) -> FusionModel:
+    """The code's two phases: `steps` on the head with frozen members, then `finetune_steps` on
+    everything at `finetune_lr`, both on `train`.
+
+    Fine-tuning changes the members' weights in place; callers that still need the original
+    members evaluate (or copy) them first.
+    """
+    device = device or next(ensemble.parameters()).device
+    model = FusionModel(ensemble, train.num_classes, tuple(train.images.shape[1:]))
+    model.to(device)
+
+    def ce(m: FusionModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(m(x), y)
+
+    if steps > 0:
+        model.freeze_members = True
+        epochs, batch = epochs_for(steps, len(train), batch_size)
+        fit(model, ce, train, epochs=epochs, batch_size=batch, optimizer="adam", lr=lr,
+            param_groups=[{"params": list(model.head.parameters())}], device=device, seed=seed,
+            progress=False)
+    if finetune_steps > 0:
+        model.freeze_members = False
+        epochs, batch = epochs_for(finetune_steps, len(train), batch_size)
+        fit(model, ce, train, epochs=epochs, batch_size=batch, optimizer="adam", lr=finetune_lr,
+            device=device, seed=seed + 1, progress=False)
+    model.freeze_members = True
+    model.eval()
+    return model
 
 
 # ----------------------------------------------------------------------------- attention
@@ -468,6 +569,15 @@ def member_gradcam(ensemble: FDLEnsemble, images: torch.Tensor, *,
     return torch.stack(cams)
 
 
+def member_attention(ensemble: FDLEnsemble, images: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each member looks on (B, C, H, W) images: its Grad-CAMs (M, B, H, W) for its own
+    prediction, the predictions (M, B) and the channel-mean FDL maps (M, B, h, w)."""
+    with torch.no_grad():
+        preds = ensemble.member_logits(images).argmax(-1)
+    return member_gradcam(ensemble, images), preds, descriptor_maps(ensemble, images)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
@@ -496,3 +606,67 @@ def ensemble_accuracies(ensemble: FDLEnsemble, images: torch.Tensor, labels: tor
     if fusion is not None:
         out["fusion"] = float((torch.cat(fused).argmax(-1) == labels).float().mean())
     return out
+
+
+@torch.no_grad()
+def test_pass(ensemble: FDLEnsemble, images: torch.Tensor, labels: torch.Tensor,
+              batch_size: int = 500) -> dict[str, float]:
+    """One eval-mode pass over (N, C, H, W) test images: the accuracies of each member
+    ("member_m"), their mean and the soft and hard vote, and how much the members' FDL maps
+    overlap: "iou_map" (mean pairwise IoU of the above-mean regions of the channel means) and
+    "s_cos", "s_euc" (the unweighted similarity sums over member pairs, mean over images)."""
+    device = next(ensemble.parameters()).device
+    with eval_mode(ensemble):
+        logits, descs, s_cos, s_euc = [], [], [], []
+        for start in range(0, images.shape[0], batch_size):
+            outs = ensemble.member_outputs(images[start:start + batch_size].to(device))
+            maps = [o.feature_map for o in outs]
+            logits.append(torch.stack([o.logits for o in outs]).cpu())
+            descs.append(torch.stack([fdl_descriptor(f, mask=False) for f in maps]).cpu())
+            sims = fdl_similarity_terms(maps)
+            s_cos.append(sims[0].cpu())
+            s_euc.append(sims[1].cpu())
+    member_logits, labels = torch.cat(logits, dim=1), labels.cpu()
+    correct = (member_logits.argmax(-1) == labels).float().mean(dim=1)
+    out = {f"member_{m}": float(a) for m, a in enumerate(correct)}
+    out.update(mean_member=float(correct.mean()),
+               soft_vote=float((soft_vote(member_logits).argmax(-1) == labels).float().mean()),
+               hard_vote=float((hard_vote(member_logits) == labels).float().mean()),
+               iou_map=float(attention_iou(torch.cat(descs, dim=1)).nanmean()),
+               s_cos=float(torch.cat(s_cos).mean()), s_euc=float(torch.cat(s_euc).mean()))
+    return out
+
+
+def cam_metrics(cams: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, float]:
+    """How the members' Grad-CAMs (M, B, H, W) >= 0 overlap: "iou_cam" (`attention_iou`, mean
+    over images) and "empty_cam" (`empty_region_share`). With the images' object masks
+    (B, 1, H, W), also where they look, over the maps with any mass: "cam_inside" (the share
+    of a map's mass on the object, `core.evaluate.mass_inside`), "cam_inside_chance" (the
+    object's share of the image, what a uniform map gets) and "cam_pointing" (the share of maps
+    whose peak lies on the object, `pointing_hits`); NaN when no map has mass."""
+    out = {"iou_cam": float(attention_iou(cams).nanmean()), "empty_cam": empty_region_share(cams)}
+    if masks is None:
+        return out
+    members = cams.shape[0]
+    heat = cams.flatten(0, 1).float()  # (M * B, H, W), member-major
+    every = masks.expand(members, *masks.shape).flatten(0, 1)  # (M * B, 1, H, W)
+    keep = heat.flatten(1).sum(1) > 0
+    if not keep.any():
+        return {**out, "cam_inside": math.nan, "cam_inside_chance": math.nan,
+                "cam_pointing": math.nan}
+    heat, every = heat[keep], every[keep]
+    chance = mask_cover(every, heat.shape[1:]).flatten(1).mean(1)
+    return {**out, "cam_inside": float(mass_inside(heat, every).mean()),
+            "cam_inside_chance": float(chance.mean()),
+            "cam_pointing": float(pointing_hits(heat, every).float().mean())}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 500) -> float:
+    """The share of (N, C, H, W) `images` whose largest logit of `model` (in its current mode,
+    on its device) is the label (N,)."""
+    device = next(model.parameters()).device
+    preds = torch.cat([model(images[i:i + batch_size].to(device)).argmax(-1).cpu()
+                       for i in range(0, images.shape[0], batch_size)])
+    return float((preds == labels.cpu()).float().mean())

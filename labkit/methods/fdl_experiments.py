@@ -1,411 +1,299 @@
-"""Experiment runners for notebook 02: the few-shot sweep, the lambda sweep and CAM records.
+"""FDL experiments: classical vs FDL ensembles trained on k images per class.
 
-Every run (one dataset, k images per class, seed, lambda pair) trains a classical or an FDL
-ensemble jointly, fits the feature-fusion head, and records test accuracies of every combiner
-plus how much the members' attention overlaps. Runs are cached one by one with
-`labkit.core.cache.cached`, so re-opening the notebook re-draws without retraining and an
-interrupted sweep resumes where it stopped.
-
-Protocol notes (the main differences from the authors' code; docs/methods/fdl.md lists all):
-* no augmentation and no validation-based checkpoint selection (the code keeps the epoch with
-  the best validation accuracy on 2,000 labelled images, which flatters the few-shot setting);
-  every run trains a fixed number of optimizer steps, the same for both ensembles;
-* the fusion head trains with frozen members, then fine-tunes everything at lr 1e-5, both for a
-  fixed number of steps on the same k-shot training set.
-The members are the code's: dropout 0.2 / 0.3 / 0.4 after the pooling of blocks 1 / 2 / 3 (the
-last block's after the FDL map) and He-uniform init; `regularization_ablation` trains them
-without both, as the lab did before, to show what the authors' regularisation does few-shot.
+A run trains one ensemble's members jointly for a fixed number of steps, scores the members and
+the combiners on a fixed test set, measures how much the members' attention overlaps, then
+trains the fusion head. The runner follows `labkit.core.experiment`: the few-shot sweep (method
+x k x seed) is `sweep()`, its claims FDL against classical per k, paired by seed. The protocol,
+the defaults per profile and the deviations from the authors' code: docs/methods/fdl.md.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from torch import nn
 
-from labkit.core import config
-from labkit.core.cache import cached
+from labkit.core import config, experiment
 from labkit.core.data import ArrayDataset, load_memoised
-from labkit.core.models import build_network, eval_mode, he_uniform_
-from labkit.core.train import fit
+from labkit.core.experiment import Comparison, Summary
+from labkit.core.report import text_table
 from labkit.methods import fdl
 
 COMBINERS = ("mean_member", "soft_vote", "hard_vote", "fusion")
+GAINS = tuple(f"{c}_gain" for c in COMBINERS[1:])  # combiner - mean member, per run
+OVERLAPS = ("iou_map", "iou_cam", "empty_cam")
+MASKED = ("cam_inside", "cam_inside_chance", "cam_pointing")  # datasets with object masks
+METRICS = (*COMBINERS, *OVERLAPS, *GAINS, *MASKED)
 METHODS = ("classical", "fdl")
+KS = (3, 5, 10, 20, 50, 100)  # the paper's images per class
+CIFAR_WIDTHS = (64, 128, 256)  # the code's VGG: a 4x4 FDL map on 32x32 images
+TIE = 1e-6  # accuracies are float32 counts over the test set: means this close are a tie
 
 
-def sweep_settings(dataset: str = "mnist5k") -> dict[str, Any]:
-    """The profile's sweep knobs (quick: seconds, lab: a few CPU minutes, full: paper-like)."""
-    cifar = dataset.startswith("cifar")
-    return {
-        "dataset": dataset,
-        "ks": config.pick(quick=(3, 10), lab=(3, 5, 10, 20, 50, 100), full=(3, 5, 10, 20, 50, 100)),
-        "seeds": config.pick(quick=(0,), lab=(0, 1), full=(0, 1, 2, 3, 4)),
-        "members": config.pick(quick=3, lab=5, full=5),
-        # VGG-style members; (8, 16) with two pools keeps a 7x7 FDL map on 28x28 MNIST.
-        "widths": (64, 128, 256) if cifar else config.pick(quick=(4, 8), lab=(8, 16), full=(32, 64)),
-        # the authors' members: these rates after blocks 1, 2, 3 (as many as there are blocks)
-        "conv_dropout": (0.2, 0.3, 0.4),
-        "init": "he_uniform",
-        "feat_dim": config.pick(quick=16, lab=128, full=128),
-        "steps": config.pick(quick=60, lab=100, full=3000),
-        "batch_size": config.pick(quick=16, lab=10, full=10),  # the code's batch size is 10
-        "lr": 1e-3,
-        "lambda_cos": 1.0,
-        "lambda_euc": 10.0,
-        "fusion_steps": config.pick(quick=20, lab=40, full=1000),
-        "finetune_steps": config.pick(quick=5, lab=10, full=400),
-        "finetune_lr": 1e-5,
-        "test_size": config.pick(quick=100, lab=500, full=None),  # None: the whole test split
-        "cam_size": config.pick(quick=32, lab=50, full=500),  # test images for the Grad-CAM IoU
+@dataclass(frozen=True)
+class Settings(experiment.Settings):
+    """One run. Defaults: the lab profile (mnist5k, five VGG-style members of widths 8, 16, whose
+    FDL map is 7x7 on 28x28 digits, 100 Adam steps of batches of 10); `PROFILES` holds what quick
+    and full change. The classical ensemble has no FDL weights: use_fdl=False sets both to 0 and
+    zero weights are the classical ensemble, so both spellings are one run (one cache entry)."""
+
+    k: int = 10  # training images per class
+    seed: int = 0
+    use_fdl: bool = True
+    lambda_cos: float = 1.0  # (1, 10): the code's weights for VGG on CIFAR-10
+    lambda_euc: float = 10.0
+    dataset: str = "mnist5k"
+    members: int = 5
+    widths: tuple[int, ...] = (8, 16)
+    # the authors' rates after blocks 1, 2, 3; kept: one per block (two blocks take the first two)
+    conv_dropout: tuple[float, ...] = (0.2, 0.3, 0.4)
+    init: str = "he_uniform"  # or "default" (PyTorch's)
+    feat_dim: int = 128
+    steps: int = 100
+    batch_size: int = 10  # the code's
+    lr: float = 1e-3
+    fusion_steps: int = 40
+    finetune_steps: int = 10
+    finetune_lr: float = 1e-5
+    test_size: int | None = 500  # a fixed stratified subset; None: the whole test split
+    cam_size: int = 50  # test images for the Grad-CAM measures
+
+    PROFILES: ClassVar = {
+        "quick": dict(k=3, members=3, widths=(4, 8), feat_dim=16, steps=60, batch_size=16,
+                      fusion_steps=20, finetune_steps=5, test_size=100, cam_size=32),
+        "full": dict(widths=(32, 64), steps=3000, fusion_steps=1000, finetune_steps=400,
+                     test_size=None, cam_size=500),
     }
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        on = bool(self.use_fdl) and (self.lambda_cos, self.lambda_euc) != (0, 0)
+        canonical = dict(use_fdl=on, lambda_cos=float(self.lambda_cos) if on else 0.0,
+                         lambda_euc=float(self.lambda_euc) if on else 0.0,
+                         widths=tuple(int(w) for w in self.widths),
+                         conv_dropout=tuple(float(r) for r in self.conv_dropout[:len(self.widths)]))
+        for name, value in canonical.items():
+            object.__setattr__(self, name, value)
 
-def extra_datasets() -> tuple[str, ...]:
-    """Datasets swept in addition to mnist5k: CIFAR-10 (VGG-style, 4x4 FDL map) in `full` only.
-    CIFAR-10 must be downloaded first (`load_dataset("cifar10", download=True)`)."""
-    return config.pick(quick=(), lab=(), full=("cifar10",))
+    def check(self) -> None:
+        fdl._check_weight("lambda_cos", self.lambda_cos)
+        fdl._check_weight("lambda_euc", self.lambda_euc)
+        if self.init not in fdl.INITS:
+            raise ValueError(f"unknown init {self.init!r}; use one of {fdl.INITS}")
+        if self.members < 2 or min(self.k, self.batch_size, self.cam_size) < 1:
+            raise ValueError(f"need members >= 2 and k, batch_size, cam_size >= 1; got "
+                             f"{self.members}, {self.k}, {self.batch_size}, {self.cam_size}")
+        if not self.widths or 0 < len(self.conv_dropout) < len(self.widths):
+            raise ValueError(f"widths {self.widths} need at least one block and conv_dropout "
+                             f"{self.conv_dropout} none or one rate per block")
 
+    @property
+    def method(self) -> str:  # "classical": the cross-entropies alone
+        return "fdl" if self.use_fdl else "classical"
 
-INITS = ("he_uniform", "default")
-
-
-def member_factory(widths: Sequence[int], num_classes: int, in_channels: int, image_size: int,
-                   feat_dim: int, conv_dropout: Sequence[float] = (),
-                   init: str = "default") -> Callable[[], nn.Module]:
-    """A VGG-style member (`build_network("vgg")`): its post-pool map is what FDL compares.
-
-    As the paper's Keras VGG: after block i's pooling, Dropout conv_dropout[i] (the last block's
-    after the FDL map, so FDL and Grad-CAM read the map undropped); head Flatten -> Dense
-    `feat_dim` -> BN -> ReLU -> Dropout 0.5 -> Dense K (with bias) -> softmax. init
-    "he_uniform" (the code's) or "default" (PyTorch's).
-    """
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; use one of {INITS}")
-    rates = tuple(conv_dropout)[:len(widths)]
-
-    def build() -> nn.Module:
-        net = build_network("vgg", in_channels, num_classes, feat_dim, neck="flatten_mlp",
-                            head=nn.Linear(feat_dim, num_classes), image_size=image_size,
-                            widths=tuple(widths), dropout=rates[:-1],
-                            neck_options={"map_dropout": rates[-1] if rates else 0.0})
-        return he_uniform_(net) if init == "he_uniform" else net
-    return build
+    @property
+    def label(self) -> str:  # "classical" or "FDL (lambda_cos, lambda_euc)"
+        return f"FDL ({self.lambda_cos:g}, {self.lambda_euc:g})" if self.use_fdl else "classical"
 
 
-def load_split(dataset: str, test_size: int | None, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """(train pool, test set); the test set is a fixed stratified subset when `test_size` is set."""
-    train = load_memoised(dataset, "train")
-    test = load_memoised(dataset, "test")
-    if test_size is not None and test_size < len(test):
-        per_class = max(1, test_size // test.num_classes)
-        test = test.k_per_class(per_class, seed=seed)
-    return train, test
+@dataclass
+class Result(experiment.Result):
+    """A trained run: test metrics (`METRICS`: accuracies of each member "member_m", of their
+    mean and the combiners; the overlap measures), the loss parts per epoch, and the members'
+    weights as trained (before the fusion head's fine-tuning changed them)."""
+
+    settings: Settings
+    metrics: dict[str, float]
+    log: list[dict[str, float]]
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    state_dict: dict[str, torch.Tensor]
+
+    def ensemble(self) -> fdl.FDLEnsemble:
+        """The trained members, rebuilt (eval mode, CPU)."""
+        ensemble = build_ensemble(self.settings, self.image_shape, self.num_classes)
+        ensemble.load_state_dict(self.state_dict)
+        return ensemble.eval()
 
 
-def _epochs_for(steps: int, n: int, batch_size: int) -> tuple[int, int]:
-    batch = min(batch_size, n)
-    per_epoch = max(1, n // batch)
-    return max(1, math.ceil(steps / per_epoch)), batch
+def load_split(settings: Settings) -> tuple[ArrayDataset, ArrayDataset]:
+    """(k images per class drawn with the run's seed, the test set): the test set is the same
+    for every run, a fixed stratified subset when `test_size` is set."""
+    test = load_memoised(settings.dataset, "test")
+    if settings.test_size is not None and settings.test_size < len(test):
+        test = test.k_per_class(max(1, settings.test_size // test.num_classes), seed=0)
+    return load_memoised(settings.dataset, "train").k_per_class(settings.k, settings.seed), test
 
 
-def build_ensemble(train: ArrayDataset, *, members: int, widths: Sequence[int], feat_dim: int,
-                   seed: int, conv_dropout: Sequence[float] = (), init: str = "default"
+def build_ensemble(settings: Settings, image_shape: Sequence[int], num_classes: int
                    ) -> fdl.FDLEnsemble:
-    """The untrained ensemble of M members for `train`'s images and classes (on the CPU)."""
-    _, channels, size, _ = train.images.shape
-    factory = member_factory(widths, train.num_classes, channels, size, feat_dim, conv_dropout, init)
-    return fdl.FDLEnsemble(fdl.make_members(factory, members, seed=seed))
+    """The untrained ensemble for (C, H, W) images of `num_classes` classes (on the CPU)."""
+    channels, size, _ = image_shape
+    factory = fdl.member_factory(settings.widths, num_classes, channels, size, settings.feat_dim,
+                                 settings.conv_dropout, settings.init)
+    return fdl.FDLEnsemble(fdl.make_members(factory, settings.members, seed=settings.seed))
 
 
-def train_ensemble(train: ArrayDataset, *, use_fdl: bool, lambda_cos: float, lambda_euc: float,
-                   members: int, widths: Sequence[int], feat_dim: int, steps: int, batch_size: int,
-                   lr: float, seed: int, conv_dropout: Sequence[float] = (), init: str = "default",
-                   device: torch.device | None = None
-                   ) -> tuple[fdl.FDLEnsemble, list[dict[str, float]]]:
-    """Joint training (one Adam, constant LR) of M members; returns the ensemble and a log of the
-    loss parts per epoch. The classical ensemble is the same call with use_fdl=False."""
-    ensemble = build_ensemble(train, members=members, widths=widths, feat_dim=feat_dim, seed=seed,
-                              conv_dropout=conv_dropout, init=init)
-    loss_fn = fdl.JointLoss(lambda_cos, lambda_euc, use_fdl=use_fdl)
-    log: list[dict[str, float]] = []
-
-    class _Log:
-        def on_epoch_end(self, state) -> None:
-            log.append({"epoch": state.epoch, **loss_fn.last})
-
-    epochs, batch = _epochs_for(steps, len(train), batch_size)
-    fit(ensemble, loss_fn, train, epochs=epochs, batch_size=batch, optimizer="adam", lr=lr,
-        device=device, callbacks=[_Log()], seed=seed, progress=False)
+def train_ensemble(settings: Settings, train: ArrayDataset, device: torch.device, *,
+                   progress: bool = False) -> tuple[fdl.FDLEnsemble, list[dict[str, float]]]:
+    """The settings' ensemble trained jointly (`fdl.train_jointly`), and its loss parts per
+    epoch. The classical ensemble is the same call without the FDL term."""
+    ensemble = build_ensemble(settings, train.image_shape, train.num_classes)
+    log = fdl.train_jointly(ensemble, train, settings.lambda_cos, settings.lambda_euc,
+                            use_fdl=settings.use_fdl, steps=settings.steps,
+                            batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+                            device=device, progress=progress)
     return ensemble, log
 
 
-def train_fusion(ensemble: fdl.FDLEnsemble, train: ArrayDataset, *, steps: int, finetune_steps: int,
-                 lr: float = 1e-3, finetune_lr: float = 1e-5, batch_size: int = 32, seed: int = 0,
-                 device: torch.device | None = None) -> fdl.FusionModel:
-    """Feature-fusion head: `steps` with frozen members, then `finetune_steps` on everything.
-
-    Fine-tuning changes the members' weights in place; callers that still need the original
-    members should evaluate them first (as `run_fewshot` does).
-    """
-    device = device or next(ensemble.parameters()).device
-    model = fdl.FusionModel(ensemble, train.num_classes, tuple(train.images.shape[1:]))
-    model.to(device)
-
-    def ce(m: fdl.FusionModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(m(x), y)
-
-    if steps > 0:
-        model.freeze_members = True
-        epochs, batch = _epochs_for(steps, len(train), batch_size)
-        fit(model, ce, train, epochs=epochs, batch_size=batch, optimizer="adam", lr=lr,
-            param_groups=[{"params": list(model.head.parameters())}], device=device, seed=seed,
-            progress=False)
-    if finetune_steps > 0:
-        model.freeze_members = False
-        epochs, batch = _epochs_for(finetune_steps, len(train), batch_size)
-        fit(model, ce, train, epochs=epochs, batch_size=batch, optimizer="adam", lr=finetune_lr,
-            device=device, seed=seed + 1, progress=False)
-    model.freeze_members = True
-    model.eval()
-    return model
-
-
-@torch.no_grad()
-def _test_pass(ensemble: fdl.FDLEnsemble, images: torch.Tensor, labels: torch.Tensor,
-               batch_size: int = 500) -> dict[str, float]:
-    """Accuracies of the voting combiners and the map overlap, from one forward pass."""
-    device = next(ensemble.parameters()).device
-    with eval_mode(ensemble):
-        logits, descs, s_cos, s_euc = [], [], [], []
-        for start in range(0, images.shape[0], batch_size):
-            outs = ensemble.member_outputs(images[start:start + batch_size].to(device))
-            maps = [o.feature_map for o in outs]
-            logits.append(torch.stack([o.logits for o in outs]).cpu())
-            descs.append(torch.stack([fdl.fdl_descriptor(f, mask=False) for f in maps]).cpu())
-            sims = fdl.fdl_similarity_terms(maps)
-            s_cos.append(sims[0].cpu())
-            s_euc.append(sims[1].cpu())
-    member_logits, labels = torch.cat(logits, dim=1), labels.cpu()
-    correct = (member_logits.argmax(-1) == labels).float().mean(dim=1)
-    out = {f"member_{m}": float(a) for m, a in enumerate(correct)}
-    out.update(mean_member=float(correct.mean()),
-               soft_vote=float((fdl.soft_vote(member_logits).argmax(-1) == labels).float().mean()),
-               hard_vote=float((fdl.hard_vote(member_logits) == labels).float().mean()),
-               iou_map=float(fdl.attention_iou(torch.cat(descs, dim=1)).nanmean()),
-               s_cos=float(torch.cat(s_cos).mean()), s_euc=float(torch.cat(s_euc).mean()))
-    return out
-
-
-def evaluate_run(ensemble: fdl.FDLEnsemble, test: ArrayDataset, cam_images: torch.Tensor
-                 ) -> dict[str, float]:
-    """Test metrics of one trained ensemble.
-
-    member_m, mean_member, soft_vote, hard_vote: accuracies. How much members look at the same
-    place: iou_map, the mean pairwise IoU of the above-mean regions of the channel-mean maps (what
-    FDL sees); iou_cam, the same for Grad-CAMs of each member's predicted class on `cam_images`;
-    s_cos, s_euc: the unweighted FDL similarity sums over member pairs.
-    """
-    out = _test_pass(ensemble, test.images, test.labels)
-    cams = fdl.member_gradcam(ensemble, cam_images)
-    out["iou_cam"] = float(fdl.attention_iou(cams).nanmean())
-    out["empty_cam"] = fdl.empty_region_share(cams)
-    return out
-
-
-def run_config(settings: dict[str, Any], *, k: int, seed: int, lambda_cos: float | None = None,
-               lambda_euc: float | None = None, use_fdl: bool = True) -> dict[str, Any]:
-    """The cache key of one run. A zero-weight FDL run *is* the classical run, so it maps there."""
-    lc = settings["lambda_cos"] if lambda_cos is None else float(lambda_cos)
-    le = settings["lambda_euc"] if lambda_euc is None else float(lambda_euc)
-    if not use_fdl or (lc == 0 and le == 0):
-        use_fdl, lc, le = False, 0.0, 0.0
-    keys = ("dataset", "members", "widths", "conv_dropout", "init", "feat_dim", "steps",
-            "batch_size", "lr", "fusion_steps", "finetune_steps", "finetune_lr", "test_size",
-            "cam_size")
-    cfg = {key: settings[key] for key in keys}
-    cfg["widths"] = list(cfg["widths"])
-    cfg["conv_dropout"] = [float(rate) for rate in cfg["conv_dropout"]][:len(cfg["widths"])]
-    cfg.update(k=int(k), seed=int(seed), use_fdl=use_fdl, lambda_cos=lc, lambda_euc=le)
-    return cfg
-
-
-def _run(cfg: dict[str, Any]) -> dict[str, Any]:
-    device = config.get_device()
-    with config.cpu_threads(config.small_cpu_thread_cap(device)):
-        return _run_on(cfg, device)
-
-
-def _run_on(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    train, test = run_data(cfg)
-    config.seed_everything(cfg["seed"])
-    started = time.perf_counter()
-    ensemble, log = train_ensemble(
-        train, use_fdl=cfg["use_fdl"], lambda_cos=cfg["lambda_cos"], lambda_euc=cfg["lambda_euc"],
-        members=cfg["members"], widths=cfg["widths"], feat_dim=cfg["feat_dim"], steps=cfg["steps"],
-        batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"],
-        conv_dropout=cfg["conv_dropout"], init=cfg["init"], device=device)
-    return finish_run(cfg, ensemble, train, test, log, time.perf_counter() - started, device)
-
-
-def run_data(cfg: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
-    """(k-shot training set, test set) of one run's config."""
-    train_pool, test = load_split(cfg["dataset"], cfg["test_size"])
-    return train_pool.k_per_class(cfg["k"], seed=cfg["seed"]), test
-
-
-def finish_run(cfg: dict[str, Any], ensemble: fdl.FDLEnsemble, train: ArrayDataset,
-               test: ArrayDataset, log: list[dict[str, float]], train_time: float,
-               device: torch.device) -> dict[str, Any]:
-    """A trained ensemble's cached result: its test metrics, then the fusion head's (trained
-    here, from the generators' current state, as `_run_on` does right after the ensemble)."""
-    cam_images = test.images[:: max(1, len(test) // cfg["cam_size"])][: cfg["cam_size"]]
-    metrics = evaluate_run(ensemble, test, cam_images)
-    # The members' weights as trained; fine-tuning the fusion model below changes them.
+def evaluate(settings: Settings, ensemble: fdl.FDLEnsemble, train: ArrayDataset,
+             test: ArrayDataset, log: list[dict[str, float]], train_time: float,
+             device: torch.device) -> Result:
+    """The trained ensemble's `Result`, then its fusion head's (trained from the generators'
+    state right after the members, in `run` as in `labkit train`)."""
+    every = slice(None, None, max(1, len(test) // settings.cam_size))  # cam_size images
+    metrics = fdl.test_pass(ensemble, test.images, test.labels)
+    cams = fdl.member_gradcam(ensemble, test.images[every][:settings.cam_size])
+    masks = None if test.masks is None else test.masks[every][:settings.cam_size]
+    metrics.update(fdl.cam_metrics(cams, masks))
+    # the members' weights as trained; fine-tuning the fusion model below changes them
     state = {key: value.detach().cpu().clone() for key, value in ensemble.state_dict().items()}
-    fusion = train_fusion(ensemble, train, steps=cfg["fusion_steps"],
-                          finetune_steps=cfg["finetune_steps"], finetune_lr=cfg["finetune_lr"],
-                          batch_size=cfg["batch_size"], seed=cfg["seed"], device=device)
-    with torch.no_grad():
-        fused = torch.cat([fusion(test.images[i:i + 500].to(device)).argmax(-1).cpu()
-                           for i in range(0, len(test), 500)])
-    metrics["fusion"] = float((fused == test.labels.cpu()).float().mean())
+    fusion = fdl.train_fusion(ensemble, train, steps=settings.fusion_steps,
+                              finetune_steps=settings.finetune_steps,
+                              finetune_lr=settings.finetune_lr, batch_size=settings.batch_size,
+                              seed=settings.seed, device=device)
+    metrics["fusion"] = fdl.accuracy(fusion, test.images, test.labels)
     metrics["train_time"] = train_time
-    return {"config": cfg, "metrics": metrics, "log": log, "state_dict": state}
+    return Result(settings, metrics, log, tuple(train.image_shape), train.num_classes, state)
 
 
-def run_fewshot(settings: dict[str, Any], *, k: int, seed: int, use_fdl: bool = True,
-                lambda_cos: float | None = None, lambda_euc: float | None = None) -> dict[str, Any]:
-    """One cached run: {"config", "metrics" (accuracies + overlap), "log", "state_dict"}."""
-    cfg = run_config(settings, k=k, seed=seed, lambda_cos=lambda_cos, lambda_euc=lambda_euc,
-                     use_fdl=use_fdl)
-    return cached("fdl_fewshot", cfg, lambda: _run(cfg))
+class FDLExperiment(experiment.Experiment):
+    """Classical vs FDL ensembles per k, over seeds."""
+
+    cache_name = "fdl_fewshot"
+    settings_type = Settings
+    group_by = ("method", "k")
+    metrics = METRICS
+    comparisons = (*(Comparison(f"fdl > classical ({c})", "method", "fdl", "classical", c)
+                     for c in COMBINERS),
+                   # lower is less overlap: the gain is classical's IoU minus FDL's
+                   *(Comparison(f"fdl overlaps less ({m})", "method", "classical", "fdl", m)
+                     for m in OVERLAPS[:2]))
+    table_scale = 1.0  # accuracies and IoUs as fractions, as the notebook's prose quotes them
+    table_digits = 3
+
+    def grid(self) -> dict[str, tuple]:
+        return {"k": config.pick(quick=(3, 10), lab=KS, full=KS),
+                "seed": config.pick(quick=(0,), lab=(0, 1), full=(0, 1, 2, 3, 4)),
+                "use_fdl": (False, True)}
+
+    def train(self, settings: Settings, progress: bool) -> Result:
+        device = config.get_device()
+        with config.cpu_threads(config.small_cpu_thread_cap(device)):
+            train, test = load_split(settings)
+            config.seed_everything(settings.seed)
+            started = time.perf_counter()
+            ensemble, log = train_ensemble(settings, train, device, progress=progress)
+            return evaluate(settings, ensemble, train, test, log, time.perf_counter() - started,
+                            device)
+
+    def row(self, result: Result) -> dict:
+        """The run's row, with what each combiner buys over the mean member (`GAINS`)."""
+        gains = {f"{c}_gain": result.metrics[c] - result.metrics["mean_member"]
+                 for c in COMBINERS[1:]}
+        return {**super().row(result), **gains}
+
+    def table(self, summary: Summary, metrics: Sequence[str] | None = None) -> str:
+        """One line per (method, k): the seeds and each metric's mean ± std (default: every
+        metric the runs have)."""
+        metrics = [m for m in (metrics or self.metrics)
+                   if any(m in s for s in summary.stats.values())]
+        lines = [[*key, next(iter(stats.values())).n if stats else 0,
+                  *[stats.get(m, "") for m in metrics]] for key, stats in summary.stats.items()]
+        return text_table([*summary.by, "seeds", *metrics], lines, scale=self.table_scale,
+                          digits=self.table_digits)
 
 
-def fewshot_sweep(settings: dict[str, Any] | None = None, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Classical vs FDL ensembles for every k and seed: one row per run (method, k, seed, metrics,
-    and `<combiner>_gain` = combiner accuracy - mean member accuracy)."""
-    settings = settings or sweep_settings()
-    jobs = [(k, seed, method) for k in settings["ks"] for seed in settings["seeds"] for method in METHODS]
-    rows = []
-    for k, seed, method in config.progress_bar(jobs, progress, desc="FDL sweep runs"):
-        result = run_fewshot(settings, k=k, seed=seed, use_fdl=method == "fdl")
-        metrics = result["metrics"]
-        # what combining buys over a single member: the diversity dividend the paper is after
-        gain = {f"{c}_gain": metrics[c] - metrics["mean_member"] for c in COMBINERS[1:]}
-        rows.append({"method": method, "k": k, "seed": seed, **metrics, **gain})
-    return rows
+EXPERIMENT = FDLExperiment()
+run, sweep, summary, table, claims = experiment.bind(EXPERIMENT)
 
 
-def regularization_ablation(settings: dict[str, Any] | None = None, *,
-                            progress: bool = True) -> list[dict[str, Any]]:
-    """The authors' member regularisation (conv dropout + He-uniform) against none (no conv
-    dropout, PyTorch's init), classical and FDL, at a few k: one row per run, with "variant"
-    ("authors" or "none") and the run's metrics. The "authors" rows are the sweep's own runs."""
-    settings = settings or sweep_settings()
-    variants = {"authors": settings, "none": {**settings, "conv_dropout": (), "init": "default"}}
-    ks = config.pick(quick=settings["ks"][:1], lab=(5, 20), full=(5, 20, 100))
-    jobs = [(name, k, seed, method) for name in variants for k in ks
-            for seed in settings["seeds"] for method in METHODS]
-    rows = []
-    for name, k, seed, method in config.progress_bar(jobs, progress, desc="FDL ablation runs"):
-        result = run_fewshot(variants[name], k=k, seed=seed, use_fdl=method == "fdl")
-        rows.append({"variant": name, "method": method, "k": k, "seed": seed, **result["metrics"]})
-    return rows
+def regularization_ablation(settings: Settings | None = None, *, progress: bool = True
+                            ) -> dict[str, list[Result]]:
+    """{"authors": runs with the authors' member regularisation, "none": the same without it
+    (no conv dropout, PyTorch's init: the lab's members before they followed the code)},
+    classical and FDL at a few k over the profile's seeds; the "authors" runs are the sweep's."""
+    base = settings if settings is not None else Settings.for_profile()
+    grid = EXPERIMENT.grid()
+    axes = {"k": config.pick(quick=grid["k"][:1], lab=(5, 20), full=(5, 20, 100)),
+            "seed": grid["seed"], "use_fdl": grid["use_fdl"]}
+    return {"authors": sweep(base, progress=progress, **axes),
+            "none": sweep(base.replace(conv_dropout=(), init="default"), progress=progress,
+                          **axes)}
 
 
-def summarize(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, dict[int, tuple[float, float, int]]]:
-    """{method: {k: (mean, std over seeds, n)}} of one metric (std is 0 for a single seed)."""
-    out: dict[str, dict[int, tuple[float, float, int]]] = {}
-    for method in sorted({r["method"] for r in rows}):
-        for k in sorted({r["k"] for r in rows if r["method"] == method}):
-            values = torch.tensor([float(r[metric]) for r in rows if r["method"] == method and r["k"] == k])
-            std = float(values.std()) if len(values) > 1 else 0.0
-            out.setdefault(method, {})[k] = (float(values.mean()), std, len(values))
-    return out
+def extra_datasets() -> tuple[Settings, ...]:
+    """The sweeps beyond mnist5k: CIFAR-10 with the code's VGG widths (4x4 FDL map) in `full`
+    only. CIFAR-10 must be downloaded first (`labkit download cifar10`)."""
+    cifar = Settings.for_profile(dataset="cifar10", widths=CIFAR_WIDTHS)
+    return config.pick(quick=(), lab=(), full=(cifar,))
 
 
-def overlap_report(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The sweep's answer to "do FDL members overlap less, and are they more accurate?".
-
-    Returns {"iou_map"|"iou_cam"|"empty_cam": {method: mean over k of the per-k means},
-    "less_overlap_every_k": {"iou_map": bool, "iou_cam": bool},
-    "fdl_wins_at": {combiner: [k where the FDL mean beats the classical mean]}}.
-    """
-    ks = sorted({r["k"] for r in rows})
-    out: dict[str, Any] = {"less_overlap_every_k": {}, "fdl_wins_at": {}}
-    for metric in ("iou_map", "iou_cam", "empty_cam"):
-        stats = summarize(rows, metric)
-        out[metric] = {m: sum(stats[m][k][0] for k in ks) / len(ks) for m in METHODS}
-        if metric != "empty_cam":
-            out["less_overlap_every_k"][metric] = all(
-                stats["fdl"][k][0] < stats["classical"][k][0] for k in ks)
-    for combiner in COMBINERS:
-        stats = summarize(rows, combiner)
-        out["fdl_wins_at"][combiner] = [k for k in ks
-                                        if stats["fdl"][k][0] > stats["classical"][k][0]]
-    return out
+def lambda_grid(settings: Settings) -> list[Settings]:
+    """`settings` with its FDL weights scaled together by the profile's s (s = 0: classical),
+    for the λ slider."""
+    if not settings.use_fdl:
+        raise ValueError("lambda_grid scales the FDL weights of an FDL run; got the classical one")
+    scales = config.pick(quick=(0.0, 1.0), lab=(0.0, 0.1, 1.0, 3.0),
+                         full=(0.0, 0.01, 0.1, 0.3, 1.0, 3.0))
+    return [settings.replace(lambda_cos=settings.lambda_cos * s,
+                             lambda_euc=settings.lambda_euc * s) for s in scales]
 
 
-def comparison_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = COMBINERS + ("iou_cam",)
-                     ) -> str:
-    """A plain-text table: per k, classical vs FDL mean +- std for each metric."""
-    header = f"{'k':>4} | " + " | ".join(f"{m:>21}" for m in metrics)
-    lines = [header, "     | " + " | ".join(f"{'classical':>10} {'FDL':>10}" for _ in metrics)]
-    stats = {m: summarize(rows, m) for m in metrics}
-    for k in sorted({r["k"] for r in rows}):
-        cells = []
-        for m in metrics:
-            c = stats[m].get("classical", {}).get(k)
-            f = stats[m].get("fdl", {}).get(k)
-            cells.append(" ".join(f"{v[0]:.3f}±{v[1]:.2f}".rjust(10) if v else " " * 10 for v in (c, f)))
-        lines.append(f"{k:>4} | " + " | ".join(cells))
-    return "\n".join(lines)
+@dataclass
+class CamRecord:
+    """One run's attention on a few test images: Grad-CAMs (M, B, H, W) in [0, 1] of every
+    member for its own prediction, the predictions (M, B) and the channel-mean FDL maps
+    (M, B, h, w), with the run's settings and metrics."""
+
+    settings: Settings
+    metrics: dict[str, float]
+    cams: torch.Tensor
+    preds: torch.Tensor
+    maps: torch.Tensor
 
 
-def load_ensemble(result: dict[str, Any]) -> fdl.FDLEnsemble:
-    """Rebuild a cached run's ensemble (as trained, before fusion fine-tuning), in eval mode."""
-    cfg = result["config"]
-    shape = _image_shape(cfg["dataset"])
-    num_classes = result["state_dict"]["members.0.head.weight"].shape[0]  # as trained
-    factory = member_factory(cfg["widths"], num_classes, shape[0], shape[1], cfg["feat_dim"],
-                             cfg["conv_dropout"], cfg["init"])
-    ensemble = fdl.FDLEnsemble(fdl.make_members(factory, cfg["members"], seed=cfg["seed"]))
-    ensemble.load_state_dict(result["state_dict"])
-    return ensemble.eval()
+def cam_records(runs: Sequence[Settings], images: torch.Tensor) -> list[CamRecord]:
+    """A `CamRecord` of (B, C, H, W) `images` for each run's settings (`run`, cached)."""
+    return [CamRecord(r.settings, r.metrics, *fdl.member_attention(r.ensemble(), images))
+            for r in map(run, runs)]
 
 
-def _image_shape(dataset: str) -> tuple[int, int, int]:
-    return {"mnist5k": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
-            "digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}[dataset]
+@dataclass(frozen=True)
+class Overlap:
+    """A sweep's answer to "do FDL members overlap less, and are they more accurate?"."""
+
+    means: dict[str, dict[str, float]]  # iou_map|iou_cam|empty_cam: {method: mean over k}
+    less_every_k: dict[str, bool]  # iou_map|iou_cam: FDL's mean below classical's at every k
+    fdl_wins_at: dict[str, list[int]]  # combiner: the k where FDL's mean beats classical's
 
 
-def cam_records(settings: dict[str, Any], *, k: int, seed: int, images: torch.Tensor,
-                lambdas: Sequence[tuple[float, float]] | None = None) -> list[dict[str, Any]]:
-    """Grad-CAMs (M, B, H, W) of every member for `images`, one record per lambda pair.
+def overlap(summary: Summary) -> Overlap:
+    """`Overlap` of a sweep's summary: `table`'s means over seeds, averaged over k; a difference
+    within `TIE` is no win."""
+    ks = sorted({k for _, k in summary.stats})
 
-    Default lambdas: classical (0, 0) and the method page's (lambda_cos, lambda_euc). Each record holds
-    the lambdas, the run's metrics, the CAMs and the members' predictions (M, B).
-    """
-    if lambdas is None:
-        lambdas = [(0.0, 0.0), (settings["lambda_cos"], settings["lambda_euc"])]
-    records = []
-    for lc, le in lambdas:
-        result = run_fewshot(settings, k=k, seed=seed, lambda_cos=lc, lambda_euc=le)
-        ensemble = load_ensemble(result)
-        with torch.no_grad():
-            preds = ensemble.member_logits(images).argmax(-1)
-        records.append({"lambda_cos": lc, "lambda_euc": le, "metrics": result["metrics"],
-                        "cams": fdl.member_gradcam(ensemble, images), "preds": preds,
-                        "maps": fdl.descriptor_maps(ensemble, images)})
-    return records
+    def mean(method: str, k: int, metric: str) -> float:
+        return summary.stats[(method, k)][metric].mean
 
+    means = {m: {method: sum(mean(method, k, m) for k in ks) / len(ks) for method in METHODS}
+             for m in OVERLAPS}
+    less = {m: all(mean("fdl", k, m) < mean("classical", k, m) - TIE for k in ks)
+            for m in OVERLAPS[:2]}
+    wins = {c: [k for k in ks if mean("fdl", k, c) > mean("classical", k, c) + TIE]
+            for c in COMBINERS}
+    return Overlap(means, less, wins)
 
-def lambda_grid(settings: dict[str, Any]) -> list[tuple[float, float]]:
-    """Multiples of the method page's (lambda_cos, lambda_euc) for the lambda slider (0 = classical)."""
-    scales = config.pick(quick=(0.0, 1.0), lab=(0.0, 0.1, 1.0, 3.0), full=(0.0, 0.01, 0.1, 0.3, 1.0, 3.0))
-    return [(settings["lambda_cos"] * s, settings["lambda_euc"] * s) for s in scales]

@@ -57,7 +57,7 @@ from labkit.methods import (
 BATCH_KEYS = {"gsp": ("classes_per_batch", "m"), "apfs": ("classes_per_batch", "samples_per_class")}
 RUNNERS = {"gsp": gsp_experiments, "apfs": apfs_experiments, "reponet": reponet_experiments,
            "fdl": fdl_experiments, "interchange": interchange_experiments}
-# the namespaces the runners' `run` (fdl: `run_fewshot`, interchange: `train_member`) caches in
+# the namespaces the runners' `run` caches in
 CACHE_NAMES = {"gsp": "gsp_run", "apfs": "apfs", "reponet": "reponet", "fdl": "fdl_fewshot",
                "interchange": "interchange/member"}
 # the keys a config must have, and those the runner's config function takes as arguments (the
@@ -75,7 +75,7 @@ class MethodTraining:
     """A job for the loop, and how to turn its outcome into the runner's result."""
 
     job: TrainJob
-    finish: Callable[[Outcome], Any]  # the runner's cached result (a dict, or a ZooMember)
+    finish: Callable[[Outcome], Any]  # the runner's cached result (a typed Result; RePoNet: a dict)
     # the evaluation row of metrics.jsonl, from the result
     metrics: Callable[[Any], dict[str, float]] = (  # a typed Result, or a runner's dict
         lambda result: dict(result.metrics if hasattr(result, "metrics") else result["metrics"]))
@@ -99,18 +99,6 @@ def _reponet_config(table: dict[str, Any]) -> dict[str, Any]:
         margin=table.pop("margin", False), seed=int(table.pop("seed", 0)), **table)
 
 
-def _fdl_config(table: dict[str, Any]) -> dict[str, Any]:
-    FE = fdl_experiments
-    settings = FE.sweep_settings(table.get("dataset", "mnist5k"))
-    k, seed, use_fdl = table.pop("k"), table.pop("seed", 0), table.pop("use_fdl", True)
-    known = FE.run_config(settings, k=1, seed=0)
-    unknown = set(table) - set(known)
-    if unknown:  # run_config takes a whole settings dict and would ignore them
-        raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
-    settings.update(table)
-    return FE.run_config(settings, k=int(k), seed=int(seed), use_fdl=bool(use_fdl))
-
-
 def _interchange_config(table: dict[str, Any]) -> dict[str, Any]:
     """The table is one member's `interchange_experiments.Settings` (fields not given keep
     their defaults, the lab profile's)."""
@@ -119,7 +107,7 @@ def _interchange_config(table: dict[str, Any]) -> dict[str, Any]:
 
 CONFIGURE: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "gsp": _settings_config("gsp"), "apfs": _settings_config("apfs"), "reponet": _reponet_config,
-    "fdl": _fdl_config, "interchange": _interchange_config}
+    "fdl": _settings_config("fdl"), "interchange": _interchange_config}
 
 
 def configure(method: str, table: Mapping[str, Any]) -> dict[str, Any]:
@@ -350,23 +338,20 @@ def reponet_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTrai
 
 
 def fdl_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTraining:
-    """FDL's run of cfg (`fdl_experiments._run_on`: the members' joint training in the loop, the
-    fusion head and the evaluation in `finish`)."""
+    """FDL's run of cfg (`fdl_experiments.FDLExperiment.train`: the members' joint training in
+    the loop, the fusion head and the evaluation in `finish`)."""
     FE = fdl_experiments
-    cfg = dict(cfg)
-    seed = int(cfg["seed"])
-    train, test = FE.run_data(cfg)
-    config.seed_everything(seed)
-    ensemble = FE.build_ensemble(train, members=int(cfg["members"]), widths=cfg["widths"],
-                                 feat_dim=int(cfg["feat_dim"]), seed=seed,
-                                 conv_dropout=cfg["conv_dropout"], init=cfg["init"])
-    loss_fn = fdl.JointLoss(cfg["lambda_cos"], cfg["lambda_euc"], use_fdl=cfg["use_fdl"])
-    epochs, batch = FE._epochs_for(int(cfg["steps"]), len(train), int(cfg["batch_size"]))
+    settings = FE.Settings.build(**cfg)
+    train, test = FE.load_split(settings)
+    config.seed_everything(settings.seed)
+    ensemble = FE.build_ensemble(settings, train.image_shape, train.num_classes)
+    loss_fn = fdl.JointLoss(settings.lambda_cos, settings.lambda_euc, use_fdl=settings.use_fdl)
+    epochs, batch = fdl.epochs_for(settings.steps, len(train), settings.batch_size)
     ensemble.to(device)
     params = [p for p in ensemble.parameters() if p.requires_grad]
-    optimizer = _make_optimizer([{"params": params}], "adam", float(cfg["lr"]), 0.9, 0.0)
-    sampler = ShuffledBatches(len(train), batch, seed)
-    config.seed_everything(seed)
+    optimizer = _make_optimizer([{"params": params}], "adam", settings.lr, 0.9, 0.0)
+    sampler = ShuffledBatches(len(train), batch, settings.seed)
+    config.seed_everything(settings.seed)
     log = _Rows()
 
     def forward(net: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -379,15 +364,15 @@ def fdl_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTraining
                                      zip(outputs[:m], outputs[m:], strict=True)], labels)
 
     def after_epoch(epoch: int) -> None:
-        log.rows.append({"epoch": epoch, **loss_fn.last})  # the runner's `_Log` callback
+        log.rows.append({"epoch": epoch, **loss_fn.last})  # `fdl.train_jointly`'s epoch log
 
     job = TrainJob(ensemble, forward, loss, optimizer, sampler, train.to(device), epochs,
                    stateful={"log": log}, after_epoch=after_epoch, shard=D.contiguous_shards)
 
-    def finish(outcome: Outcome) -> dict[str, Any]:
+    def finish(outcome: Outcome) -> fdl_experiments.Result:
         with config.cpu_threads(config.small_cpu_thread_cap(device)):
-            return FE.finish_run(cfg, ensemble, train, test, [dict(r) for r in log.rows],
-                                 sum(outcome.seconds), device)
+            return FE.evaluate(settings, ensemble, train, test, [dict(r) for r in log.rows],
+                               sum(outcome.seconds), device)
 
     return MethodTraining(job, finish, global_batch=sampler.batch_size,
                           cpu_threads=lambda: config.cpu_threads(config.small_cpu_thread_cap(device)))

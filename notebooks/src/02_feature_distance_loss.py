@@ -25,6 +25,7 @@ import torch
 from IPython.display import display
 
 from labkit.core import config
+from labkit.core.report import text_table
 from labkit.methods import fdl
 from labkit.methods import fdl_experiments as fx
 from labkit.viz import fdl as vfdl
@@ -32,9 +33,13 @@ from labkit.viz.playable import show
 from labkit.widgets import fdl as wfdl
 
 print(config.describe())
-settings = fx.sweep_settings()
-for key, value in settings.items():
-    print(f"{key:>15}: {value}")
+settings = fx.Settings.for_profile()
+grid = fx.EXPERIMENT.grid()  # the sweep's axes: these replace the settings' k, seed and use_fdl
+for key, value in settings.as_dict().items():
+    if key not in grid:
+        print(f"{key:>15}: {value}")
+for key, values in grid.items():
+    print(f"{key:>15}: {values} (swept)")
 
 # %% [markdown]
 # ## The mechanism
@@ -86,15 +91,27 @@ print("IoU of disjoint regions:", fdl.attention_iou(torch.stack([top.mean(1), bo
 # the method page).
 
 # %%
-rows = fx.fewshot_sweep(settings)
-fig = vfdl.plot_accuracy_vs_k(rows)
+results = fx.sweep(settings)
+summary = fx.summary(results)
+fig = vfdl.plot_accuracy_vs_k(summary)
 
 # %%
-print(f"test accuracy, mean ± std over seeds {list(settings['seeds'])}; test set "
-      f"{settings['test_size']} images; {settings['steps']} steps of batch {settings['batch_size']}")
-print(fx.comparison_table(rows))
+print(f"test accuracy, mean ± std over seeds {list(grid['seed'])}; test set "
+      f"{settings.test_size} images; {settings.steps} steps of batch {settings.batch_size}")
+print(fx.table(summary, (*fx.COMBINERS, "iou_cam")))
 print("\nwhat combining buys over the mean single member (accuracy points / 100):")
-print(fx.comparison_table(rows, ("soft_vote_gain", "hard_vote_gain", "fusion_gain")))
+print(fx.table(summary, fx.GAINS))
+
+# %% [markdown]
+# The same comparison seed by seed: FDL's score minus the classical one's on the same k digits
+# per class, in accuracy (or IoU) points, with how many seeds FDL won; for the overlap, the
+# classical IoU minus FDL's, so a positive number means FDL's members overlap less.
+
+# %%
+gains = fx.claims(summary)
+ks = list(next(iter(gains.values())))
+print(text_table(["k", *gains], [[k, *(g[k] for g in gains.values())] for k in ks], scale=100,
+                 digits=1))
 
 # %% [markdown]
 # ### The authors' member regularisation
@@ -110,8 +127,7 @@ ablation = fx.regularization_ablation(settings)
 for variant, name in (("authors", "with the authors' dropout and He-uniform init"),
                       ("none", "without them (no conv dropout, PyTorch's init)")):
     print(f"members {name}:")
-    print(fx.comparison_table([r for r in ablation if r["variant"] == variant],
-                              ("mean_member", "soft_vote", "fusion", "iou_cam")))
+    print(fx.table(fx.summary(ablation[variant]), ("mean_member", "soft_vote", "fusion", "iou_cam")))
 
 # %% [markdown]
 # With the authors' regularisation each member is weaker at this 100-step budget (mean member
@@ -127,25 +143,25 @@ for variant, name in (("authors", "with the authors' dropout and He-uniform init
 # whose FDL map is 4×4 as in the paper (this cell does nothing in `quick` and `lab`).
 
 # %%
-for name in fx.extra_datasets():
-    extra_rows = fx.fewshot_sweep(fx.sweep_settings(name))
-    fig = vfdl.plot_accuracy_vs_k(extra_rows, title=f"{name}: accuracy vs k")
-    print(name)
-    print(fx.comparison_table(extra_rows))
+for extra in fx.extra_datasets():
+    extra_summary = fx.summary(fx.sweep(extra))
+    fig = vfdl.plot_accuracy_vs_k(extra_summary, title=f"{extra.dataset}: accuracy vs k")
+    print(extra.dataset)
+    print(fx.table(extra_summary, (*fx.COMBINERS, "iou_cam")))
 
 # %% [markdown]
 # ## Do the members look at different places?
 
 # %%
-fig = vfdl.plot_overlap_vs_k(rows)
-report = fx.overlap_report(rows)
+fig = vfdl.plot_overlap_vs_k(summary)
+report = fx.overlap(summary)
 for metric, name in (("iou_map", "FDL-map regions"), ("iou_cam", "Grad-CAM regions")):
-    print(f"mean pairwise IoU of {name}: classical {report[metric]['classical']:.3f}, "
-          f"FDL {report[metric]['fdl']:.3f}; FDL overlaps less at every k: "
-          f"{report['less_overlap_every_k'][metric]}")
+    print(f"mean pairwise IoU of {name}: classical {report.means[metric]['classical']:.3f}, "
+          f"FDL {report.means[metric]['fdl']:.3f}; FDL overlaps less at every k: "
+          f"{report.less_every_k[metric]}")
 print(f"Grad-CAMs with no above-mean region (left out of the IoU): classical "
-      f"{report['empty_cam']['classical']:.1%}, FDL {report['empty_cam']['fdl']:.1%}")
-for combiner, wins in report["fdl_wins_at"].items():
+      f"{report.means['empty_cam']['classical']:.1%}, FDL {report.means['empty_cam']['fdl']:.1%}")
+for combiner, wins in report.fdl_wins_at.items():
     print(f"FDL more accurate than classical ({combiner}) at k = {wins}")
 
 # %% [markdown]
@@ -158,15 +174,15 @@ for combiner, wins in report["fdl_wins_at"].items():
 
 # %%
 # headline figure
-cam_k = 10
-_, test = fx.load_split(settings["dataset"], settings["test_size"])
+cam_settings = settings.replace(k=10, seed=0)
+_, test = fx.load_split(cam_settings)
 picks = torch.cat([(test.labels == c).nonzero()[0] for c in range(test.num_classes)])
 cam_images, cam_labels = test.images[picks], test.labels[picks]
-records = fx.cam_records(settings, k=cam_k, seed=0, images=cam_images,
-                         lambdas=fx.lambda_grid(settings))
-by_name = {wfdl.record_name(r): r for r in records}
-explorer = wfdl.CamExplorer(cam_images, cam_labels, [by_name["classical"], by_name["FDL (1, 10)"]])
-fig = explorer.render(3)  # static view of one digit; the widget below lets you pick another
+records = fx.cam_records(fx.lambda_grid(cam_settings), cam_images)
+by_name = {r.settings.label: r for r in records}
+pair = [by_name["classical"], by_name["FDL (1, 10)"]]
+explorer = wfdl.CamExplorer(cam_images, cam_labels, pair)
+fig = vfdl.cam_figure(cam_images, cam_labels, pair, 3)  # one digit; the widget picks another
 
 # %%
 display(explorer.widget)
@@ -175,7 +191,7 @@ display(explorer.widget)
 # The same view plays without a kernel: move the slider to step through the ten test digits.
 
 # %%
-show(vfdl.member_cam_slider(cam_images, cam_labels, [by_name["classical"], by_name["FDL (1, 10)"]]))
+show(vfdl.member_cam_slider(cam_images, cam_labels, pair))
 
 # %% [markdown]
 # What FDL compares is the channel-mean map of each member. Top: the raw mean; bottom: the masked
@@ -183,9 +199,8 @@ show(vfdl.member_cam_slider(cam_images, cam_labels, [by_name["classical"], by_na
 # split the digit between them.
 
 # %%
-for name in ("classical", "FDL (1, 10)"):
-    maps = by_name[name]["maps"][:, 3]
-    fig = vfdl.plot_descriptor_demo([m[None] for m in maps], title=name)
+for record in pair:
+    fig = vfdl.plot_descriptor_demo(list(record.maps[:, 3]), title=record.settings.label)
 
 # %% [markdown]
 # ## How strong should the push be?
@@ -197,8 +212,8 @@ for name in ("classical", "FDL (1, 10)"):
 # %%
 fig = vfdl.plot_lambda_tradeoff(records)
 for r in records:
-    m = r["metrics"]
-    print(f"{wfdl.record_name(r):>16}: IoU maps {m['iou_map']:.3f}  IoU CAMs {m['iou_cam']:.3f}  "
+    m = r.metrics
+    print(f"{r.settings.label:>16}: IoU maps {m['iou_map']:.3f}  IoU CAMs {m['iou_cam']:.3f}  "
           f"member {m['mean_member']:.3f}  soft {m['soft_vote']:.3f}  fusion {m['fusion']:.3f}")
 
 # %%
@@ -215,10 +230,10 @@ show(vfdl.lambda_cam_slider(cam_images, cam_labels, records, digits=(3, 4, 7)))
 # ## Results
 
 # %%
-print(f"stored run: profile {config.profile()}, seeds {list(settings['seeds'])}, "
-      f"{settings['members']} members, {settings['steps']} steps, {settings['test_size']} test "
+print(f"stored run: profile {config.profile()}, seeds {list(grid['seed'])}, "
+      f"{settings.members} members, {settings.steps} steps, {settings.test_size} test "
       "digits; mean ± std over seeds")
-print(fx.comparison_table(rows, ("mean_member", "soft_vote", "fusion", "iou_map", "iou_cam")))
+print(fx.table(summary, ("mean_member", "soft_vote", "fusion", "iou_map", "iou_cam")))
 
 # %% [markdown]
 # Reading it honestly (the stored `lab` run; the longer discussion, with earlier runs, is in
@@ -245,20 +260,22 @@ print(fx.comparison_table(rows, ("mean_member", "soft_vote", "fusion", "iou_map"
 # ## Exercises
 #
 # 1. **Gentler weights.** Train one pair with the code's ResNet/TEX weights (1, 0.1):
-#    `fx.cam_records(settings, k=10, seed=0, images=cam_images, lambdas=[(0, 0), (1, 0.1)])`.
+#    `fx.cam_records([cam_settings, cam_settings.replace(lambda_euc=0.1)], cam_images)`.
 #    Look for: does the Grad-CAM IoU still drop, and does the mean member keep its accuracy?
 #    *Hint:* at (1, 10) the Gaussian term S_euc weighs ten times the cosine term; at (1, 0.1) the
 #    cosine term leads.
-# 2. **Drop the mask.** Copy `fx.train_ensemble` into a cell and give its `fdl.JointLoss`
+# 2. **Drop the mask.** Copy `fdl.train_jointly` into a cell and give its `JointLoss`
 #    `mask=False`. Look for: the members' channel-mean maps in `vfdl.plot_descriptor_demo` and the
 #    IoU of their Grad-CAMs. *Hint:* the mask keeps only where a member fires most; without it the
 #    weak background activations enter both similarity terms.
 # 3. **More or fewer members.** Rerun one k with three or eight members:
-#    `fx.fewshot_sweep({**settings, "ks": (10,), "members": 3})`. Look for: the diversity
-#    dividend (`soft_vote_gain`) of both ensembles. *Hint:* the loss sums over M(M−1)/2 pairs, so
+#    `fx.summary(fx.sweep(settings.replace(members=3), k=(10,), seed=grid["seed"],
+#    use_fdl=(False, True)))`. Look for: the diversity dividend (`soft_vote_gain`) of both
+#    ensembles. *Hint:* the loss sums over M(M−1)/2 pairs, so
 #    at fixed λ the push grows quickly with M.
 # 4. **A longer budget.** Run with `LABKIT_PROFILE=full` (3,000 steps, 5 seeds) or, after
-#    downloading CIFAR-10, `fx.fewshot_sweep(fx.sweep_settings("cifar10"))`. Look for: whether
+#    downloading CIFAR-10, `fx.sweep(fx.Settings.for_profile(dataset="cifar10",
+#    widths=fx.CIFAR_WIDTHS))`. Look for: whether
 #    the gap in mean-member accuracy closes at small k. *Hint:* the paper trains 300 epochs with
 #    augmentation and keeps the best validation epoch; here both ensembles stop after the same
 #    fixed number of steps.

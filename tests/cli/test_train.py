@@ -40,7 +40,8 @@ BUNDLED = {
     "reponet": {"quick": ("quick", {}), "lab": ("lab", {}), "paper": ("full", {}),
                 "cifar10": ("full", {"dataset": "cifar10", "arch": "resnet20"})},
     "fdl": {"quick": ("quick", {}), "lab": ("lab", {}), "paper": ("full", {}),
-            "cifar10": ("full", {})},
+            "cifar10": ("full", {"dataset": "cifar10",
+                                 "widths": fdl_experiments.CIFAR_WIDTHS})},
     "interchange": {"quick": ("quick", {}), "quick-open": ("quick", {}), "lab": ("lab", {}),
                     "paper": ("full", {}), "paper-open": ("full", {})},
 }
@@ -122,8 +123,8 @@ def _runner_config(method: str, cfg: dict, extra: dict) -> dict:
                                               feat_dim=cfg["feat_dim"], margin=cfg["margin"],
                                               seed=cfg["seed"], **extra)
     if method == "fdl":
-        return fdl_experiments.run_config(fdl_experiments.sweep_settings(cfg["dataset"]),
-                                          k=cfg["k"], seed=cfg["seed"], use_fdl=cfg["use_fdl"])
+        return fdl_experiments.Settings.for_profile(k=cfg["k"], seed=cfg["seed"],
+                                                    use_fdl=cfg["use_fdl"], **extra).as_dict()
     identity = {key: cfg[key] for key in train_jobs.IDENTITY["interchange"]}
     return interchange_experiments.Settings.for_profile(**identity, **extra).as_dict()
 
@@ -159,7 +160,7 @@ def test_set_overrides_are_read_as_toml_and_none_is_none(tmp_path):
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["foo"], {}, "unknown method 'foo'"),
     (["reponet", "--set", "bogus=1"], {}, "unknown config keys ['bogus']; known: ["),
-    (["fdl", "--set", "ks=[3]"], {}, "unknown config keys ['ks']; known: ["),
+    (["fdl", "--set", "ks=[3]"], {}, "unknown settings ['ks']; the settings of"),
     (["interchange", "--config", "quick-open", "--set", "open_seen=9"], {},
      "unknown settings ['open_seen']; the settings of"),
     (["interchange", "--set", "arch_options={widths=[8]}"], {},
@@ -247,9 +248,9 @@ def test_two_ranks_take_disjoint_shares_and_the_one_process_steps(method, tmp_pa
         apart = torch.load(cache_path("fdl_fewshot", key), weights_only=False)
         monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
         together = torch.load(cache_path("fdl_fewshot", key), weights_only=False)
-        assert [r["epoch"] for r in apart["log"]] == [r["epoch"] for r in together["log"]] == \
+        assert [r["epoch"] for r in apart.log] == [r["epoch"] for r in together.log] == \
             list(range(1, 9))
-        for a, b in zip(apart["log"], together["log"], strict=True):
+        for a, b in zip(apart.log, together.log, strict=True):
             assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
         return
     labels = _labels(method, args)
@@ -395,7 +396,7 @@ def _runners_own_run(method: str, cfg: dict, monkeypatch) -> tuple:
     def no_training(*args, **kwargs):
         raise AssertionError("the runner trained instead of reading labkit train's run")
 
-    if method in ("gsp", "apfs"):
+    if method in ("gsp", "apfs", "fdl"):
         settings = runner.Settings.build(**cfg)
         own = runner.EXPERIMENT.train(settings, False)
         monkeypatch.setattr(runner.EXPERIMENT, "train", no_training)
@@ -404,11 +405,6 @@ def _runners_own_run(method: str, cfg: dict, monkeypatch) -> tuple:
         own = runner.stored(runner.train(cfg, progress=False))
         monkeypatch.setattr(runner, "train", no_training)
         return own, lambda: runner.run(cfg, progress=False)
-    if method == "fdl":
-        own = runner._run(cfg)
-        monkeypatch.setattr(runner, "_run", no_training)
-        return own, lambda: runner.run_fewshot(runner.sweep_settings(), k=cfg["k"],
-                                               seed=cfg["seed"], use_fdl=cfg["use_fdl"])
     settings = runner.Settings.build(**cfg)  # interchange: one zoo member
     own = runner.EXPERIMENT.train(settings, False)
     monkeypatch.setattr(runner.EXPERIMENT, "train", no_training)

@@ -305,6 +305,26 @@ def test_attention_iou_exact_values():
         fdl.attention_iou(torch.ones(1, 3, 4, 4))
 
 
+def test_cam_metrics_against_object_masks_by_hand():
+    """Two members, two 4x4 images; the object is the top-left 2x2 block of each."""
+    masks = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    masks[:, 0, :2, :2] = True
+    cams = torch.zeros(2, 2, 4, 4)
+    cams[0, 0, :2, :2] = 1.0  # member 1, image 1: all its mass on the object, peak on it
+    cams[0, 1, :, :2] = 1.0  # image 2: the left half (4 of its 9 units of mass on the object)
+    cams[0, 1, 3, 0] = 2.0  # ... and its peak off it
+    cams[1, 0] = 0.0  # member 2, image 1: no mass, left out
+    cams[1, 1, 3, 3] = 1.0  # image 2: all off the object
+    out = fdl.cam_metrics(cams, masks)
+    assert out["cam_inside"] == pytest.approx((1.0 + 4 / 9 + 0.0) / 3)
+    assert out["cam_pointing"] == pytest.approx(1 / 3)
+    assert out["cam_inside_chance"] == pytest.approx(0.25)  # 4 of 16 pixels
+    assert out["iou_cam"] == pytest.approx(fdl.attention_iou(cams).nanmean().item(), nan_ok=True)
+    assert out["empty_cam"] == fdl.empty_region_share(cams)
+    assert set(fdl.cam_metrics(cams)) == {"iou_cam", "empty_cam"}  # no masks
+    assert math.isnan(fdl.cam_metrics(torch.zeros(2, 2, 4, 4), masks)["cam_inside"])
+
+
 def manual_gradcam(member: TinyNet, x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     fmap = member.backbone(x)
     prob = member.head(member.neck(fmap)).softmax(-1)[torch.arange(x.shape[0]), cls].sum()
