@@ -73,4 +73,4 @@ def overlay(image: torch.Tensor, heat: torch.Tensor | np.ndarray, alpha: float =
     if base.ndim == 2:
         base = np.repeat(base[..., None], 3, axis=2)
     colored = plt.get_cmap(cmap)(heat)[..., :3]
-    return (1 - alpha) * base + alpha * colored
+    return np.clip((1 - alpha) * base + alpha * colored, 0, 1)  # float sums overshoot 1
