@@ -38,7 +38,7 @@ PROFILE_OF = {"quick": "quick", "lab": "lab", "paper": "full"}
 # profile's defaults beyond the config's identity keys)
 BUNDLED = {
     "reponet": {"quick": ("quick", {}), "lab": ("lab", {}), "paper": ("full", {}),
-                "cifar10": ("full", {"dataset": "cifar10", "arch": "resnet20"})},
+                "cifar10": ("full", {"dataset": "cifar10", "arch": "resnet20", "backbone": {}})},
     "fdl": {"quick": ("quick", {}), "lab": ("lab", {}), "paper": ("full", {}),
             "cifar10": ("full", {})},
     "interchange": {"quick": ("quick", {}), "quick-open": ("quick", {}), "lab": ("lab", {}),
@@ -118,9 +118,8 @@ def _plain(value):
 def _runner_config(method: str, cfg: dict, extra: dict) -> dict:
     """The runner's own config for cfg's identity under the active profile (+ extra)."""
     if method == "reponet":
-        return reponet_experiments.run_config(cfg["head"], classes=cfg["classes"],
-                                              feat_dim=cfg["feat_dim"], margin=cfg["margin"],
-                                              seed=cfg["seed"], **extra)
+        identity = {k: cfg[k] for k in ("head", "classes", "feat_dim", "margin", "seed")}
+        return reponet_experiments.Settings.for_profile(**identity, **extra).as_dict()
     if method == "fdl":
         return fdl_experiments.run_config(fdl_experiments.sweep_settings(cfg["dataset"]),
                                           k=cfg["k"], seed=cfg["seed"], use_fdl=cfg["use_fdl"])
@@ -157,7 +156,7 @@ def test_set_overrides_are_read_as_toml_and_none_is_none(tmp_path):
 
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["foo"], {}, "unknown method 'foo'"),
-    (["reponet", "--set", "bogus=1"], {}, "unknown config keys ['bogus']; known: ["),
+    (["reponet", "--set", "bogus=1"], {}, "unknown settings ['bogus']; the settings of"),
     (["fdl", "--set", "ks=[3]"], {}, "unknown config keys ['ks']; known: ["),
     (["interchange", "--config", "quick-open", "--set", "train_per_class=9"], {},
      "unknown config keys ['train_per_class']"),
@@ -398,9 +397,10 @@ def _runners_own_run(method: str, cfg: dict, monkeypatch) -> tuple:
         monkeypatch.setattr(runner.EXPERIMENT, "train", no_training)
         return own, lambda: runner.run(settings)
     if method == "reponet":
-        own = runner.stored(runner.train(cfg, progress=False))
-        monkeypatch.setattr(runner, "train", no_training)
-        return own, lambda: runner.run(cfg, progress=False)
+        settings = runner.Settings.build(**cfg)
+        own = runner.EXPERIMENT.train(settings, False)
+        monkeypatch.setattr(runner.EXPERIMENT, "train", no_training)
+        return own, lambda: runner.run(settings)
     if method == "fdl":
         own = runner._run(cfg)
         monkeypatch.setattr(runner, "_run", no_training)
