@@ -246,8 +246,6 @@ def run(args: argparse.Namespace) -> int:
     if not ranks.is_main:
         return 0
     result = training.finish(outcome)
-    if isinstance(result, dict) and "config" in result:
-        result["config"] = dict(key_cfg)
     metrics = training.metrics(result)
     with open(out / loop.METRICS, "a") as log:
         log.write(json.dumps({"step": outcome.steps, "eval": metrics}) + "\n")

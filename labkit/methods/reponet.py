@@ -16,6 +16,12 @@ Contents, pure tensor functions first:
 - `center_loss` (Wen et al. 2016, with the paper's centre update as the centres' gradient).
 - `neural_collapse` (NC1-NC4 of Papyan, Han & Donoho 2020), `parameter_counts`.
 - Modules: `FixedClassifier`, `HadamardClassifier` (Hoffer et al. 2018), `CenterLoss`.
+- `classifier(head, K, d, ...)`: a head of `HEADS` by name; of a trained head:
+  `class_directions`, `embedding_loss` (its training loss, + Center Loss), `CollapseTracker`
+  (NC measures of the probe after every epoch of `fit`), `center_fit` (how close Center Loss's
+  centres sit to the class means, a `CenterFit`).
+- The issue's acceptance check, as data: `AcceptanceRow`, `Acceptance`, `acceptance_table`
+  (`reponet_experiments.acceptance` builds it from runs).
 
 The maths with its symbols, the defaults, the comparison with the authors' code and every
 deviation (including the open one of Center Loss's centres under AdamW) are in
@@ -25,10 +31,16 @@ deviation (including the open one of Center Loss's centres under AdamW) are in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from labkit.core.evaluate import alignment_to_targets, class_means
+from labkit.core.report import text_table
 
 KINDS = ("simplex", "cube", "orthoplex", "polygon", "hadamard")
 
@@ -424,3 +436,130 @@ def neural_collapse(features: torch.Tensor, labels: torch.Tensor,
         nearest = torch.cdist(h, mu).argmin(1)
         out["nc4"] = (predictions.to(h.device) != nearest).double().mean().item()
     return out
+
+
+# ----------------------------------------------------------------------------- heads by name
+
+HEADS = ("learned", "center", "simplex", "cube", "orthoplex", "polygon", "hadamard")
+POLYTOPES = ("simplex", "cube", "orthoplex", "polygon")
+
+
+def classifier(head: str, num_classes: int, feat_dim: int, *, margin_fraction: float | None = None,
+               scale: float = 16.0) -> nn.Module:
+    """The classifier named `head` (one of `HEADS`) for features (B, d): a fixed polytope, with
+    the angular margin m = margin_fraction * phi when a fraction is given; Hoffer's Hadamard
+    head; or a learned linear layer without bias ("learned", and "center", whose Center Loss
+    is a separate module)."""
+    if head in POLYTOPES:
+        margin = None
+        if margin_fraction is not None:  # phi: the angle between neighbouring vertices
+            margin = margin_fraction * min_vertex_angle(polytope_vertices(head, num_classes,
+                                                                          feat_dim))
+        return FixedClassifier(head, num_classes, feat_dim, margin=margin, scale=scale)
+    if head == "hadamard":
+        return HadamardClassifier(num_classes, feat_dim)
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
+    return nn.Linear(feat_dim, num_classes, bias=False)
+
+
+# ----------------------------------------------------------------------------- a trained head
+
+def class_directions(head: nn.Module) -> torch.Tensor:
+    """The K class directions (K, d) of a head: its fixed target vertices, or a learned head's
+    weight rows (float32, CPU)."""
+    if hasattr(head, "class_directions"):
+        return head.class_directions.detach().float().cpu()
+    return head.weight.detach().float().cpu()
+
+
+def embedding_loss(head: nn.Module, features: torch.Tensor, labels: torch.Tensor,
+                   center: CenterLoss | None = None) -> torch.Tensor:
+    """The training loss of features (B, d) with labels (B,): the head's own loss (the margin
+    variant's) or softmax cross-entropy of its logits, + lambda L_C with Center Loss."""
+    if hasattr(head, "loss"):
+        loss = head.loss(features, labels)
+    else:
+        loss = F.cross_entropy(head(features), labels)
+    if center is not None:
+        loss = loss + center(features, labels)
+    return loss
+
+
+class CollapseTracker:
+    """A `fit` callback: after each epoch, the neural-collapse measures of the latest probe
+    snapshot (train-set embeddings, as in Papyan et al.), written into that epoch's history row.
+    `model` has a `.head`; `probe_labels` (N,) are the snapshot's labels."""
+
+    def __init__(self, model: nn.Module, probe_labels: torch.Tensor) -> None:
+        self.model, self.labels = model, probe_labels.cpu()
+
+    def measures(self, features: torch.Tensor) -> dict[str, float]:
+        """`neural_collapse` of probe features (N, d) against the head's directions and argmax."""
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            predictions = self.model.head(features.to(device)).argmax(1).cpu()
+        return neural_collapse(features, self.labels, class_directions(self.model.head),
+                               predictions)
+
+    def on_epoch_end(self, state: Any) -> None:
+        row = state.history.epochs[-1]
+        if state.history.snapshot_epochs and state.history.snapshot_epochs[-1] == row["epoch"]:
+            row.update(self.measures(state.history.snapshots[-1]))
+
+
+@dataclass(frozen=True)
+class CenterFit:
+    """How Center Loss's centres c_k sit on the class means mu_k: angles in degrees, distances
+    in feature units, mean and worst over the classes."""
+
+    mean_angle_deg: float
+    max_angle_deg: float
+    mean_distance: float
+    max_distance: float
+
+
+def center_fit(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> CenterFit:
+    """`CenterFit` of centres (K, d) against the class means of features (N, d), labels (N,)."""
+    angles = alignment_to_targets(features, labels, centers)
+    distances = (class_means(features, labels) - centers).norm(dim=1)
+    return CenterFit(float(angles.mean()), float(angles.max()), float(distances.mean()),
+                     float(distances.max()))
+
+
+# ----------------------------------------------------------------------------- the bound check
+# Every fixed polytope within a gap of accuracy points of the learned head at the same d, and its
+# class means within an angle of their vertices: bounds, not a comparison paired over seeds.
+
+@dataclass(frozen=True)
+class AcceptanceRow:
+    """One fixed polytope against the learned head at its d (accuracies in percent)."""
+
+    run: str
+    seed: int
+    accuracy: float
+    learned_accuracy: float
+    gap_points: float  # learned minus fixed
+    max_angle_to_vertex: float  # the worst test class mean, degrees
+    spread_deg: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """The check over the fixed polytopes (plain, or with `margin` the margin variants)."""
+
+    passed: bool
+    rows: tuple[AcceptanceRow, ...]
+    margin: bool
+    max_gap: float
+    max_angle: float
+
+
+def acceptance_table(checks: Sequence[Acceptance], digits: int = 2) -> str:
+    """The rows of `checks` as one text table (percent and degrees with `digits` decimals)."""
+    header = ["run", "seed", "acc %", "learned acc %", "gap", "worst°", "spread°", "passed"]
+    rows = [[row.run, row.seed, row.accuracy, row.learned_accuracy, row.gap_points,
+             row.max_angle_to_vertex, row.spread_deg, row.passed]
+            for check in checks for row in check.rows]
+    return text_table(header, rows, digits=digits)

@@ -75,10 +75,9 @@ class MethodTraining:
     """A job for the loop, and how to turn its outcome into the runner's result."""
 
     job: TrainJob
-    finish: Callable[[Outcome], Any]  # the runner's cached result (a typed Result; RePoNet: a dict)
+    finish: Callable[[Outcome], Any]  # the runner's cached, typed `Result`
     # the evaluation row of metrics.jsonl, from the result
-    metrics: Callable[[Any], dict[str, float]] = (  # a typed Result, or a runner's dict
-        lambda result: dict(result.metrics if hasattr(result, "metrics") else result["metrics"]))
+    metrics: Callable[[Any], dict[str, float]] = lambda result: dict(result.metrics)
     global_batch: int | None = None  # plain batches: the size of every batch (<= the config's)
     cpu_threads: Callable[[], Any] = contextlib.nullcontext  # the runner's thread cap, around the loop
 
@@ -94,9 +93,9 @@ def _settings_config(method: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 
 def _reponet_config(table: dict[str, Any]) -> dict[str, Any]:
-    return reponet_experiments.run_config(
-        table.pop("head"), classes=table.pop("classes", 10), feat_dim=table.pop("feat_dim", None),
-        margin=table.pop("margin", False), seed=int(table.pop("seed", 0)), **table)
+    """RePoNet's `Settings` of the table, as the dict its `run` caches under (a fixed head's own
+    feat_dim reads None there)."""
+    return reponet_experiments.Settings.build(**table).as_dict()
 
 
 def _interchange_config(table: dict[str, Any]) -> dict[str, Any]:
@@ -290,21 +289,22 @@ class _Snapshots:
 
 
 def reponet_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTraining:
-    """RePoNet's run of cfg (`reponet_experiments.train`, its `fit` taken apart)."""
+    """RePoNet's run of cfg (`reponet_experiments.RePoNetExperiment.train`, its `fit` taken
+    apart)."""
     R = reponet_experiments
-    cfg = dict(cfg)
-    seed = int(cfg["seed"])
-    train, test, probe = R.load_data(cfg)
+    settings = R.Settings.build(**cfg)
+    seed = settings.seed
+    train, test, probe = R.load_data(settings)
     config.seed_everything(seed)
-    model = R.build_model(cfg)
-    groups, center = R.make_training(cfg, model, device)
+    model = R.build_model(settings)
+    groups, center = R.make_training(settings, model, device)
     side = [center.optimizer()] if center is not None else []
-    tracker = R.CollapseTracker(model, probe.labels)
+    tracker = R.rp.CollapseTracker(model, probe.labels)
     model.to(device)
-    sampler = ShuffledBatches(len(train), int(cfg["batch_size"]), seed)
-    optimizer = _make_optimizer(groups, cfg["optimizer"], float(cfg["lr"]), 0.9,
-                                float(cfg["weight_decay"]))
-    scheduler = _make_scheduler(optimizer, "cosine", (), 0.1, int(cfg["epochs"]), len(sampler))
+    sampler = ShuffledBatches(len(train), settings.batch_size, seed)
+    optimizer = _make_optimizer(groups, settings.optimizer, float(settings.lr), 0.9,
+                                float(settings.weight_decay))
+    scheduler = _make_scheduler(optimizer, "cosine", (), 0.1, settings.epochs, len(sampler))
     config.seed_everything(seed)  # fit seeds again before its first step
     snapshots = _Snapshots(model, probe.images.to(device), tracker)
     stateful: dict[str, Any] = {"snapshots": snapshots}
@@ -312,15 +312,15 @@ def reponet_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTrai
         stateful["center"] = center
 
     def loss(outputs: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
-        return R.embedding_loss(model, outputs[0], labels, center)
+        return R.rp.embedding_loss(model.head, outputs[0], labels, center)
 
     job = TrainJob(model, lambda net, images: (net.neck(net.backbone(images)),), loss, optimizer,
-                   sampler, train.to(device), int(cfg["epochs"]), scheduler=scheduler,
+                   sampler, train.to(device), settings.epochs, scheduler=scheduler,
                    stateful=stateful,
                    loss_parameters=list(center.parameters()) if center is not None else [],
                    after_epoch=snapshots.record, shard=D.contiguous_shards, side_optimizers=side)
 
-    def finish(outcome: Outcome) -> dict[str, Any]:
+    def finish(outcome: Outcome) -> reponet_experiments.Result:
         rows = [dict(row) for row in outcome.epochs]
         if rows and snapshots.epochs[-1] < rows[-1]["epoch"]:
             snapshots.record(rows[-1]["epoch"])  # a run stopped inside its last epoch
@@ -328,13 +328,9 @@ def reponet_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTrai
             row.update(snapshots.measures.get(row["epoch"], {}))
         history = History(epochs=rows, snapshots=list(snapshots.snapshots),
                           snapshot_epochs=list(snapshots.epochs))
-        return R.stored(R.results(cfg, model, center, history, test, probe, device))
+        return R.evaluate(settings, model, center, history, test, probe, device)
 
-    def metrics(result: Mapping[str, Any]) -> dict[str, float]:
-        return {"accuracy": result["accuracy"], **result["geometry"],
-                **{k: result["collapse"][k] for k in ("nc1", "nc2")}}
-
-    return MethodTraining(job, finish, metrics, global_batch=sampler.batch_size)
+    return MethodTraining(job, finish, global_batch=sampler.batch_size)
 
 
 def fdl_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTraining:

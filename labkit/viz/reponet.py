@@ -1,12 +1,13 @@
 """Figures for notebook 01 (Regular Polytope Networks): the polytopes, feature panels with the
-fixed vertices, snapshots over epochs (static strips and kernel-free sliders), the train
-panel's first state and neural-collapse curves."""
+fixed vertices, snapshots over epochs (static strips and kernel-free sliders), neural-collapse
+curves, and the static counterparts of the widgets (`replay_figure`, `train_panel_figure`).
+Runs are `labkit.methods.reponet_experiments.Result`s."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,6 +27,9 @@ from labkit.viz.features import (
     shown_points,
     still_traces,
 )
+
+if TYPE_CHECKING:
+    from labkit.methods.reponet_experiments import Result
 
 
 def distinct_angles(vertices: torch.Tensor, decimals: int = 2) -> dict[float, int]:
@@ -106,34 +110,45 @@ def _to_display(features: torch.Tensor, directions: torch.Tensor | None):
     return (features.double() @ basis).float(), shown
 
 
-def feature_panels(results: Sequence[dict[str, Any]], ncols: int = 3, size: float = 3.4,
+def feature_panels(results: Sequence[Result], ncols: int = 3, size: float = 3.4,
                    normalize: bool = False, max_points: int = 600):
     """Side-by-side test-feature scatters of runs, class directions drawn as rays (PCA if d > 3)."""
     n = len(results)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    dims = {min(r["test_features"].shape[1], 3) if r["test_features"].shape[1] <= 3 else 2 for r in results}
+    dims = {min(r.test_features.shape[1], 3) if r.test_features.shape[1] <= 3 else 2 for r in results}
     fig = plt.figure(figsize=(size * ncols, size * nrows))
     for i, r in enumerate(results):
-        feats, labels = r["test_features"], r["test_labels"]
+        feats, labels = r.test_features, r.test_labels
         keep = torch.arange(len(labels))[: max_points] if len(labels) <= max_points else \
             torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:max_points]
         feats, labels = feats[keep], labels[keep]
-        directions = r["directions"]
-        feats, directions = _to_display(feats, directions)
+        feats, directions = _to_display(feats, r.directions)
         ax = fig.add_subplot(nrows, ncols, i + 1, projection="3d" if 3 in dims and feats.shape[1] == 3 else None)
-        title = f"{r['label']}: {100 * r['accuracy']:.1f}%"
-        if r["test_features"].shape[1] > 3:
+        title = f"{r.settings.label}: {100 * r.metrics['accuracy']:.1f}%"
+        if r.test_features.shape[1] > 3:
             title += " (PCA)"
         scatter_features(feats, labels, directions=directions, ax=ax, title=title,
-                         normalize=normalize and r["test_features"].shape[1] <= 3, legend=False)
+                         normalize=normalize and r.test_features.shape[1] <= 3, legend=False)
     fig.tight_layout()
     return fig
 
 
-def snapshot_strip(result: dict[str, Any], indices: Sequence[int] | None = None, size: float = 3.0):
+def replay_figure(result: Result, index: int, ax=None):
+    """The probe features of `result` at snapshot `index` with its class directions (PCA to
+    2-D if d > 3): the static counterpart of `labkit.widgets.reponet.replay`. Returns the axes."""
+    history = result.history
+    feats, directions = _to_display(history.snapshots[index], result.directions)
+    if ax is None:
+        fig = plt.figure(figsize=(4.2, 4.2))
+        ax = fig.add_subplot(projection="3d" if feats.shape[1] == 3 else None)
+    return scatter_features(feats, result.probe_labels, directions=directions, ax=ax, legend=False,
+                            title=f"{result.settings.label}, epoch {history.snapshot_epochs[index]}")
+
+
+def snapshot_strip(result: Result, indices: Sequence[int] | None = None, size: float = 3.0):
     """The recorded probe features of one run at a few epochs (static fallback of the slider)."""
-    history = result["history"]
+    history = result.history
     if not history.snapshots:
         raise ValueError("this run recorded no snapshots")
     if indices is None:
@@ -142,11 +157,8 @@ def snapshot_strip(result: dict[str, Any], indices: Sequence[int] | None = None,
     dim = history.snapshots[0].shape[1]
     fig = plt.figure(figsize=(size * len(indices), size))
     for i, index in enumerate(indices):
-        feats, directions = _to_display(history.snapshots[index], result["directions"])
         ax = fig.add_subplot(1, len(indices), i + 1, projection="3d" if dim == 3 else None)
-        scatter_features(feats, result["probe_labels"], directions=directions, ax=ax,
-                         title=f"{result['label']}, epoch {history.snapshot_epochs[index]}",
-                         legend=False)
+        replay_figure(result, index, ax=ax)
     fig.tight_layout()
     return fig
 
@@ -155,14 +167,14 @@ COLLAPSE_KEYS = (("nc1", "NC1: tr(Σ_W Σ_B⁺)/K"), ("nc2", "NC2: distance to s
                  ("nc3", "NC3: classifier vs means"), ("nc4", "NC4: mismatch with nearest mean"))
 
 
-def collapse_curves(results: Sequence[dict[str, Any]], size: float = 3.2):
+def collapse_curves(results: Sequence[Result], size: float = 3.2):
     """Neural-collapse measures over epochs (on the training probe), one line per run."""
     fig, axes = plt.subplots(1, len(COLLAPSE_KEYS), figsize=(size * len(COLLAPSE_KEYS), size * 0.85))
     for r in results:
-        epochs = [row["epoch"] for row in r["history"].epochs if "nc1" in row]
-        style = "-" if r["fixed"] else "--"
+        epochs = [row["epoch"] for row in r.history.epochs if "nc1" in row]
+        style = "-" if r.settings.fixed else "--"
         for ax, (key, _) in zip(axes, COLLAPSE_KEYS, strict=True):
-            ax.plot(epochs, r["history"].metric(key), style, marker="o", ms=3, label=r["label"])
+            ax.plot(epochs, r.history.metric(key), style, marker="o", ms=3, label=r.settings.label)
     for ax, (key, title) in zip(axes, COLLAPSE_KEYS, strict=True):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
@@ -173,17 +185,16 @@ def collapse_curves(results: Sequence[dict[str, Any]], size: float = 3.2):
     return fig
 
 
-def alignment_bars(results: Sequence[dict[str, Any]], size: float = 3.2):
+def alignment_bars(results: Sequence[Result], size: float = 3.2):
     """Per run: test accuracy, and each class mean's angle to its class direction (degrees)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(size * 3, size))
-    names = [r["label"] for r in results]
-    left.barh(names, [100 * r["accuracy"] for r in results],
-              color=["tab:red" if r["fixed"] else "tab:grey" for r in results])
-    low = min(100 * r["accuracy"] for r in results)
-    left.set_xlim(max(0, low - 5), 100)
+    names = [r.settings.label for r in results]
+    accuracies = [100 * r.metrics["accuracy"] for r in results]
+    left.barh(names, accuracies, color=["tab:red" if r.settings.fixed else "tab:grey" for r in results])
+    left.set_xlim(max(0, min(accuracies) - 5), 100)
     left.set_xlabel("test accuracy (%)")
     for i, r in enumerate(results):
-        angles = r["angle_to_direction"].numpy()
+        angles = r.angle_to_direction.numpy()
         right.scatter(angles, np.full(len(angles), i), color=[class_color(k) for k in range(len(angles))], s=14)
     right.axvline(10, color="k", lw=0.8, ls=":")
     right.set_yticks(range(len(results)), names)
@@ -194,26 +205,26 @@ def alignment_bars(results: Sequence[dict[str, Any]], size: float = 3.2):
 
 # ----------------------------------------------------------------------------- kernel-free replays
 
-def _replay_panel(result: dict[str, Any], normalize: bool, polytope: bool,
+def _replay_panel(result: Result, normalize: bool, polytope: bool,
                   max_points: int | None) -> dict[str, Any]:
     """One run's part of a replay: the shown points per frame, labels, rays and still traces."""
     import plotly.graph_objects as go
 
-    snapshots = result["history"].snapshots
-    labels = result["probe_labels"].numpy().astype(int)
+    snapshots = result.history.snapshots
+    labels = result.probe_labels.numpy().astype(int)
     keep = sample_indices(len(labels), max_points)
     basis = display_basis(snapshots[-1])
-    if polytope and (basis is not None or snapshots[-1].shape[1] != 3 or not result["fixed"]):
-        raise ValueError(f"{result['label']}: the polytope view needs a fixed head with 3-D features")
+    if polytope and (basis is not None or snapshots[-1].shape[1] != 3 or not result.settings.fixed):
+        raise ValueError(f"{result.settings.label}: the polytope view needs a fixed head with "
+                         "3-D features")
     normalize = normalize or polytope
     points = [shown_points(s, basis, normalize)[keep] for s in snapshots]
     reach = 1.0 if normalize else float(np.percentile(np.linalg.norm(points[-1], axis=1), 98))
-    rays = scaled_rays(result["directions"], reach, basis)
+    rays = scaled_rays(result.directions, reach, basis)
     extras = []
     if polytope:
         # the polytope's edges and vertices (spare vertices too) on the unit sphere
-        v = torch.nn.functional.normalize(result.get("vertices", result["directions"]).double(),
-                                          dim=1).numpy()
+        v = torch.nn.functional.normalize(result.vertices.double(), dim=1).numpy()
         edges: dict[str, list[float | None]] = {"x": [], "y": [], "z": []}
         for a, b in _edges(v):
             for axis, column in zip("xyz", v[[a, b]].T, strict=True):
@@ -227,7 +238,7 @@ def _replay_panel(result: dict[str, Any], normalize: bool, polytope: bool,
             "dim": points[0].shape[1], "pca": basis is not None}
 
 
-def replay_slider(results: Sequence[dict[str, Any]], *, normalize: bool = False,
+def replay_slider(results: Sequence[Result], *, normalize: bool = False,
                   polytope: bool = False, max_points: int | None = 300,
                   title: str = "probe features"):
     """Several runs' recorded probe features side by side (one subplot per run) with one epoch
@@ -245,18 +256,18 @@ def replay_slider(results: Sequence[dict[str, Any]], *, normalize: bool = False,
 
     if not results:
         raise ValueError("no runs to replay")
-    epochs = list(results[0]["history"].snapshot_epochs)
+    epochs = list(results[0].history.snapshot_epochs)
     for r in results:
-        if not r["history"].snapshots:
-            raise ValueError(f"{r['label']} recorded no snapshots")
-        if list(r["history"].snapshot_epochs) != epochs:
-            raise ValueError(f"{r['label']} recorded epochs {r['history'].snapshot_epochs}, "
-                             f"{results[0]['label']} {epochs}: replay them one at a time")
+        if not r.history.snapshots:
+            raise ValueError(f"{r.settings.label} recorded no snapshots")
+        if list(r.history.snapshot_epochs) != epochs:
+            raise ValueError(f"{r.settings.label} recorded epochs {r.history.snapshot_epochs}, "
+                             f"{results[0].settings.label} {epochs}: replay them one at a time")
     panels = [_replay_panel(r, normalize, polytope, max_points) for r in results]
     legend_panel = max(range(len(panels)), key=lambda i: len(np.unique(panels[i]["labels"])))
     fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.03,
                         specs=[[{"type": "scene" if p["dim"] == 3 else "xy"} for p in panels]],
-                        subplot_titles=[r["label"] + (" (PCA)" if p["pca"] else "")
+                        subplot_titles=[r.settings.label + (" (PCA)" if p["pca"] else "")
                                         for r, p in zip(results, panels, strict=True)])
     for col, panel in enumerate(panels, start=1):
         traces = panel["extras"] + frame_traces(panel["points"][-1], panel["labels"],
@@ -287,7 +298,7 @@ def replay_slider(results: Sequence[dict[str, Any]], *, normalize: bool = False,
     return add_slider(fig, frames, prefix="epoch", active=len(frames) - 1)
 
 
-def polytope_replay_slider(results: Sequence[dict[str, Any]], **options: Any):
+def polytope_replay_slider(results: Sequence[Result], **options: Any):
     """`replay_slider(results, polytope=True)`: 3-D fixed-head runs, the features' directions
     gathering on their vertices over the recorded epochs, edges and vertices drawn."""
     return replay_slider(results, polytope=True, **options)
@@ -295,10 +306,12 @@ def polytope_replay_slider(results: Sequence[dict[str, Any]], **options: Any):
 
 # ----------------------------------------------------------------------------- the train panel
 
-def head_preview(kind: str, num_classes: int, feat_dim: int | None = None, size: float = 3.6):
-    """The train panel's first state, before any training: an empty feature plot with the chosen
-    head's class directions w_k drawn as rays (fixed heads in d <= 3; a learned head's rows move
-    as it trains, and d > 3 is shown by PCA, so neither gets rays). Returns the figure."""
+def train_panel_figure(kind: str, num_classes: int, feat_dim: int | None = None,
+                       size: float = 3.6):
+    """The train panel's first state (`labkit.widgets.reponet.TrainPanel`), before any
+    training: an empty feature plot with the chosen head's class directions w_k drawn as rays
+    (fixed heads in d <= 3; a learned head's rows move as it trains, and d > 3 is shown by PCA,
+    so neither gets rays). Returns the figure."""
     fixed = kind in rp.KINDS
     w = rp.polytope_vertices(kind, num_classes, feat_dim, dtype=torch.float64) if fixed else None
     d = w.shape[1] if w is not None else (feat_dim or 2)

@@ -38,7 +38,8 @@ from labkit.widgets import reponet as wr
 pio.renderers.default = "plotly_mimetype"  # drawn by the JupyterLab extension plotly ships: no CDN, no plotly.js in the file
 plt.rcParams["figure.dpi"] = 72  # small stored PNGs
 print(config.describe())
-print({k: v for k, v in rx.recipe().items()})
+settings = rx.Settings.for_profile()  # the profile's run: seed 0, all 10 digits, the recipe
+print(settings)
 
 # %% [markdown]
 # ## The mechanism: fixed vertices
@@ -90,14 +91,15 @@ for kind, k in (("simplex", 4), ("orthoplex", 6), ("cube", 8)):
 # retraining.
 
 # %%
-planar = rx.run_all(rx.planar_configs(seed=0))
+planar = rx.sweep(settings.replace(head="learned", feat_dim=2),
+                  head=("learned", "polygon", "center"), progress=False)
 _ = vr.feature_panels(planar, ncols=3)
 
 # %%
-centre_fit = planar[2]["center_fit"]
-print(f"Center Loss centres against the test class means: angle mean {centre_fit['mean_angle_deg']:.2f}°, "
-      f"worst {centre_fit['max_angle_deg']:.2f}°; distance mean {centre_fit['mean_distance']:.2f}, "
-      f"worst {centre_fit['max_distance']:.2f}")
+centre_fit = planar[2].center_fit
+print(f"Center Loss centres against the test class means: angle mean {centre_fit.mean_angle_deg:.2f}°, "
+      f"worst {centre_fit.max_angle_deg:.2f}°; distance mean {centre_fit.mean_distance:.2f}, "
+      f"worst {centre_fit.max_distance:.2f}")
 
 # %% [markdown]
 # The polygon's rays are fixed before training; the features of each digit spread along their
@@ -130,7 +132,8 @@ _ = vr.snapshot_strip(planar[1])
 
 # %%
 # headline figure
-spatial = rx.run_all(rx.spatial_configs(seed=0))
+spatial = [rx.run(settings.replace(head=head, classes=k))
+           for head, k in (("simplex", 4), ("orthoplex", 6), ("cube", 8))]
 _ = vr.feature_panels(spatial, ncols=3)
 
 # %% [markdown]
@@ -147,8 +150,9 @@ show(vr.polytope_replay_slider(spatial))
 #
 # Simplex d = 9, orthoplex d = 5, cube d = 4 (16 outputs, 6 spare), each against a learned
 # classifier at the same d, with plain softmax and with the CVPR-W paper's angular margin
-# ("Margin-RePoNet"). Same seed, data and recipe for every run (AdamW, cosine schedule; see the
-# settings printed at the top; in `lab`, all 4,000 training and 1,000 test digits).
+# ("Margin-RePoNet"): the runner's own comparison, `rx.sweep()`. Same seed, data and recipe for
+# every run (AdamW, cosine schedule; see the settings printed at the top; in `lab`, all 4,000
+# training and 1,000 test digits).
 #
 # The margin, reconstructed: an additive angular margin (ArcFace form) on the normalised feature,
 # scale s = 16, m = φ/2. The paper's "maximum allowed (i.e. φ)" is degenerate in this form: a
@@ -157,8 +161,9 @@ show(vr.polytope_replay_slider(spatial))
 # (`docs/methods/reponet.md`, "Deviations").
 
 # %%
-comparison = rx.run_all(rx.comparison_configs(seed=0, margin=True))
-print(rx.format_table(rx.summary_rows(comparison)))
+comparison = rx.sweep(settings, progress=False)
+summary = rx.summary(comparison)
+print(rx.table(summary))
 
 # %% [markdown]
 # `spread°`: mean angle of test features to their class mean (compactness); `min angle°`: the
@@ -166,6 +171,16 @@ print(rx.format_table(rx.summary_rows(comparison)))
 # class mean and its class direction (the fixed vertex, or the learned weight row); NC1/NC2 on
 # the test features. Parameter counts are for the head (Center Loss adds its centres).
 #
+# The papers' claim, paired by seed: each fixed head's accuracy minus the learned head's at the
+# same K and d, its spread over seeds and on how many seeds the fixed head scored higher (one
+# seed here, so a gain of a few tenths of a point is noise):
+
+# %%
+for claim, per_context in rx.claims(summary).items():
+    for context, gain in per_context.items():
+        print(f"{claim:28s} K, d = {context}: {gain.format(100)} points")
+
+# %% [markdown]
 # **The acceptance check** is made on the margin variant (m = φ/2): every fixed polytope within
 # 1 accuracy point of the learned classifier at the same d, and all its test class means within
 # 10° of their vertices. Plain softmax, the papers' main claim, is reported as measured below
@@ -173,11 +188,11 @@ print(rx.format_table(rx.summary_rows(comparison)))
 
 # %%
 check = rx.acceptance(comparison, margin=True)
-print(rx.format_table(check["rows"]))
-print(f"acceptance (margin m = φ/2): every fixed polytope within 1 point and 10°: {check['passed']}\n")
+print(rp.acceptance_table([check]))
+print(f"acceptance (margin m = φ/2): every fixed polytope within 1 point and 10°: {check.passed}\n")
 plain = rx.acceptance(comparison, margin=False)
-print(rx.format_table(plain["rows"]))
-print(f"plain softmax, as measured: every fixed polytope within 1 point and 10°: {plain['passed']}")
+print(rp.acceptance_table([plain]))
+print(f"plain softmax, as measured: every fixed polytope within 1 point and 10°: {plain.passed}")
 
 # %%
 _ = vr.alignment_bars(comparison)
@@ -212,22 +227,10 @@ wr.train_panel()
 # The stored `lab` run: seed 0, one run per head, all 1,000 test digits (a point of accuracy
 # is 10 digits). `gap`: learned minus fixed accuracy at the same d, in points; `worst°`: the
 # largest angle between a test class mean and its vertex; `spread°`: the mean angle of a test
-# feature to its class mean.
+# feature to its class mean; `passed`: within 1 point and 10°.
 
 # %%
-summary = {row["run"]: row for row in rx.summary_rows(comparison)}
-seeds = {r["label"]: r["config"]["seed"] for r in comparison}
-results = []
-for margin in (False, True):
-    for row in rx.acceptance(comparison, margin=margin)["rows"]:
-        results.append({"run": row["run"], "seed": seeds[row["run"]],
-                        "acc %": f"{row['accuracy']:.1f}",
-                        "learned acc %": f"{row['learned_accuracy']:.1f}",
-                        "gap": f"{row['gap_points']:.1f}",
-                        "worst°": f"{row['max_angle_to_vertex']:.1f}",
-                        "spread°": f"{summary[row['run']]['spread°']:.1f}",
-                        "within 1 point and 10°": row["passed"]})
-print(rx.format_table(results))
+print(rp.acceptance_table([plain, check], digits=1))
 
 # %% [markdown]
 # **Reading.**
@@ -267,23 +270,27 @@ print(rx.format_table(results))
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Seeds.** Re-run the comparison with `rx.comparison_configs(seed=1, margin=True)` (and
-#    `seed=2`). *Look for:* whether the accuracy gaps keep their sign and whether the worst
-#    angles keep their order (simplex > orthoplex > cube). *Hint:* that is nine new runs, so it
-#    takes a while on a CPU; `rx.summary_rows` and `rx.format_table` print the table.
-# 2. **The size of the margin.** Pass `margin_fraction=0.25` or `0.75` to
-#    `rx.comparison_configs(margin=True, ...)`. *Look for:* how `worst°` and `spread°` follow
-#    m, and what happens to accuracy as m approaches φ. *Hint:* a feature classified with
-#    margin m must lie within (φ − m)/2 of its vertex along the arc to a neighbour.
+# 1. **Seeds.** Re-run the comparison on more seeds:
+#    `runs = comparison + rx.sweep(settings.replace(seed=1)) + rx.sweep(settings.replace(seed=2))`,
+#    then `rx.table(rx.summary(runs))` and `rx.claims(rx.summary(runs))`. *Look for:* whether
+#    the accuracy gaps keep their sign on every seed and whether the worst angles keep their
+#    order (simplex > orthoplex > cube). *Hint:* that is eighteen new runs, so it takes a while
+#    on a CPU.
+# 2. **The size of the margin.** `rx.sweep(settings.replace(margin=True, margin_fraction=0.25),
+#    head=rx.COMPARED)` (or `0.75`) trains the three margin polytopes with another m.
+#    *Look for:* how `worst°` and `spread°` follow m, and what happens to accuracy as m
+#    approaches φ. *Hint:* a feature classified with margin m must lie within (φ − m)/2 of its
+#    vertex along the arc to a neighbour.
 # 3. **Bound the norm.** Train a plain simplex with a strong decoupled weight decay:
-#    `rx.run(rx.run_config("simplex", weight_decay=5.0, neck_weight_decay=5.0))`. *Look for:*
-#    its `angle_to_direction` (one angle per class) and `accuracy` against the table's plain
-#    simplex. *Hint:* weight decay bounds ‖f‖, so the loss can no longer fall by growing the
-#    norm, only by turning f towards w_k.
-# 4. **Hoffer's fixed head.** `rx.comparison_configs(hadamard=True)` adds Hoffer et al.'s
-#    Hadamard classifier. *Look for:* its accuracy and `max to dir°` next to the polytopes.
-#    *Hint:* it normalises f and learns a scale and a bias, so ‖f‖ is no longer the softmax
-#    temperature.
+#    `rx.run(settings.replace(weight_decay=5.0, neck_weight_decay=5.0))`. *Look for:* its
+#    `angle_to_direction` (one angle per class) and `metrics["accuracy"]` against the table's
+#    plain simplex. *Hint:* weight decay bounds ‖f‖, so the loss can no longer fall by growing
+#    the norm, only by turning f towards w_k.
+# 4. **Hoffer's fixed head.** `rx.sweep(settings.replace(head="learned", feat_dim=16),
+#    head=("learned", "hadamard"))` trains Hoffer et al.'s Hadamard classifier and its learned
+#    rival at d = 16. *Look for:* its accuracy (`rx.claims`) and `max to dir°` (`rx.table`) next
+#    to the polytopes. *Hint:* it normalises f and learns a scale and a bias, so ‖f‖ is no
+#    longer the softmax temperature.
 # 5. **Spare vertices.** In the train panel, pick `cube` with 5 classes (8 vertices, 3 never
 #    targets). *Look for:* whether any probe feature settles near a spare vertex. *Hint:* the
 #    spare vertices stay in the softmax denominator, so they push features away.

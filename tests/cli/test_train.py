@@ -38,7 +38,7 @@ PROFILE_OF = {"quick": "quick", "lab": "lab", "paper": "full"}
 # profile's defaults beyond the config's identity keys)
 BUNDLED = {
     "reponet": {"quick": ("quick", {}), "lab": ("lab", {}), "paper": ("full", {}),
-                "cifar10": ("full", {"dataset": "cifar10", "arch": "resnet20"})},
+                "cifar10": ("full", {"dataset": "cifar10", "arch": "resnet20", "backbone": {}})},
     "fdl": {"quick": ("quick", {}), "lab": ("lab", {}), "paper": ("full", {}),
             "cifar10": ("full", {"dataset": "cifar10",
                                  "widths": fdl_experiments.CIFAR_WIDTHS})},
@@ -119,9 +119,8 @@ def _plain(value):
 def _runner_config(method: str, cfg: dict, extra: dict) -> dict:
     """The runner's own config for cfg's identity under the active profile (+ extra)."""
     if method == "reponet":
-        return reponet_experiments.run_config(cfg["head"], classes=cfg["classes"],
-                                              feat_dim=cfg["feat_dim"], margin=cfg["margin"],
-                                              seed=cfg["seed"], **extra)
+        identity = {k: cfg[k] for k in ("head", "classes", "feat_dim", "margin", "seed")}
+        return reponet_experiments.Settings.for_profile(**identity, **extra).as_dict()
     if method == "fdl":
         return fdl_experiments.Settings.for_profile(k=cfg["k"], seed=cfg["seed"],
                                                     use_fdl=cfg["use_fdl"], **extra).as_dict()
@@ -159,7 +158,7 @@ def test_set_overrides_are_read_as_toml_and_none_is_none(tmp_path):
 
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["foo"], {}, "unknown method 'foo'"),
-    (["reponet", "--set", "bogus=1"], {}, "unknown config keys ['bogus']; known: ["),
+    (["reponet", "--set", "bogus=1"], {}, "unknown settings ['bogus']; the settings of"),
     (["fdl", "--set", "ks=[3]"], {}, "unknown settings ['ks']; the settings of"),
     (["interchange", "--config", "quick-open", "--set", "open_seen=9"], {},
      "unknown settings ['open_seen']; the settings of"),
@@ -396,16 +395,7 @@ def _runners_own_run(method: str, cfg: dict, monkeypatch) -> tuple:
     def no_training(*args, **kwargs):
         raise AssertionError("the runner trained instead of reading labkit train's run")
 
-    if method in ("gsp", "apfs", "fdl"):
-        settings = runner.Settings.build(**cfg)
-        own = runner.EXPERIMENT.train(settings, False)
-        monkeypatch.setattr(runner.EXPERIMENT, "train", no_training)
-        return own, lambda: runner.run(settings)
-    if method == "reponet":
-        own = runner.stored(runner.train(cfg, progress=False))
-        monkeypatch.setattr(runner, "train", no_training)
-        return own, lambda: runner.run(cfg, progress=False)
-    settings = runner.Settings.build(**cfg)  # interchange: one zoo member
+    settings = runner.Settings.build(**cfg)
     own = runner.EXPERIMENT.train(settings, False)
     monkeypatch.setattr(runner.EXPERIMENT, "train", no_training)
     return own, lambda: runner.run(settings)

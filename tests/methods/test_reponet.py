@@ -420,3 +420,44 @@ def test_center_loss_shrinks_intra_class_spread():
         return (within / between).item()
 
     assert spread(1.0) < 0.5 * spread(0.0)
+
+
+# ----------------------------------------------------------------------------- heads by name
+
+def test_classifier_builds_each_head_by_name():
+    learned = rp.classifier("learned", 4, 3)
+    assert isinstance(learned, nn.Linear) and learned.bias is None and learned.weight.shape == (4, 3)
+    assert torch.equal(rp.class_directions(learned), learned.weight.detach())
+    cube = rp.classifier("cube", 5, 3, margin_fraction=0.5, scale=8.0)
+    # phi of the 3-cube: arccos(1 - 2/3); the directions are the 5 target rows of the 8 vertices
+    assert cube.margin == pytest.approx(0.5 * math.acos(1 / 3)) and cube.scale == 8.0
+    assert torch.equal(rp.class_directions(cube), rp.polytope_vertices("cube", 5)[:5])
+    assert rp.classifier("simplex", 4, 3).margin is None
+    hadamard = rp.classifier("hadamard", 10, 16)
+    assert isinstance(hadamard, rp.HadamardClassifier)
+    assert torch.allclose(rp.class_directions(hadamard), rp.polytope_vertices("hadamard", 10))
+    with pytest.raises(ValueError, match="unknown head"):
+        rp.classifier("dodecahedron", 4, 3)
+
+
+def test_embedding_loss_is_the_heads_loss_plus_center_loss():
+    torch.manual_seed(0)
+    f, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 0, 1])
+    learned = nn.Linear(3, 4, bias=False)
+    assert torch.allclose(rp.embedding_loss(learned, f, y), F.cross_entropy(learned(f), y))
+    margin = rp.FixedClassifier("simplex", 4, margin=0.3, scale=16.0)
+    assert torch.allclose(rp.embedding_loss(margin, f, y),
+                          rp.margin_cross_entropy(f, margin.weight, y, 0.3, 16.0))
+    center = rp.CenterLoss(4, 3, lam=0.5)
+    assert torch.allclose(rp.embedding_loss(learned, f, y, center),
+                          F.cross_entropy(learned(f), y) + center(f, y))
+
+
+def test_center_fit_hand_example():
+    features = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, 1])
+    centers = torch.tensor([[2.0, 2.0], [0.0, 5.0]])  # mean 0 = (2, 0): 45 deg, 2 away; mean 1 on c_1
+    fit = rp.center_fit(features, labels, centers)
+    assert fit.max_angle_deg == pytest.approx(45.0, abs=1e-4)
+    assert fit.mean_angle_deg == pytest.approx(22.5, abs=1e-4)
+    assert fit.max_distance == pytest.approx(3.0) and fit.mean_distance == pytest.approx(2.5)

@@ -43,13 +43,15 @@ def test_serialized_is_reentrant():
 
 
 def test_widget_redraws_hold_the_lock(monkeypatch):
+    from labkit.methods import apfs_experiments as ax
     from labkit.widgets import apfs
 
+    def result(**settings):
+        return ax.Result(ax.Settings(**settings), {"recall@1": 0.5}, [], 0.01, [0.3, 0.2])
+
     held = []
-    sweeps = {"strength": [{"parameter": "strength", "value": v, "recall@1": 0.5,
-                            "round_distances": [0.3, 0.2]} for v in (0.0, 0.1)],
-              "lifetime": [{"parameter": "lifetime", "value": v, "recall@1": 0.5,
-                            "round_distances": [0.3, 0.2]} for v in (1, 5)]}
+    sweeps = {"strength": [result(strength=v) for v in (0.0, 0.1)],
+              "lifetime": [result(lifetime=v, batches_per_pass=60) for v in (1, 5)]}
     explorer = apfs.SweepExplorer(sweeps)
     original = explorer.figure
     monkeypatch.setattr(explorer, "figure",
