@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from labkit.viz.apfs import round_figure, sweep_figure
-from labkit.widgets.picture import with_picture
+from labkit.widgets.picture import show_figure, with_picture
 from labkit.widgets.sync import serialized
 
 if TYPE_CHECKING:
@@ -22,16 +21,6 @@ if TYPE_CHECKING:
     from labkit.methods.apfs_experiments import Result
 
 PICTURE_DPI = 72  # the first-state picture is stored in the notebook: keep it small
-
-
-def _show(out: Any, fig: Figure) -> None:
-    """Replace `out`'s content by `fig`, then close it (the Output keeps the picture)."""
-    from IPython.display import display
-
-    with out:
-        out.clear_output(wait=True)
-        display(fig)
-        plt.close(fig)
 
 
 class RoundExplorer:
@@ -56,7 +45,7 @@ class RoundExplorer:
 
     @serialized
     def redraw(self) -> None:
-        _show(self.out, self.figure(self.slider.value))
+        show_figure(self.out, self.figure(self.slider.value))
 
 
 class SweepExplorer:
@@ -97,4 +86,4 @@ class SweepExplorer:
 
     @serialized
     def redraw(self) -> None:
-        _show(self.out, self.figure(self.parameter.value, self.value.value))
+        show_figure(self.out, self.figure(self.parameter.value, self.value.value))

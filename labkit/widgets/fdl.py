@@ -10,30 +10,19 @@ their first state (`with_picture`) for stored notebooks. `labkit.viz.fdl.member_
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
 from labkit.viz.fdl import cam_figure, check_records, lambda_figure
-from labkit.widgets.picture import with_picture
+from labkit.widgets.picture import show_figure, with_picture
 from labkit.widgets.sync import serialized
 
 if TYPE_CHECKING:
     from labkit.methods.fdl_experiments import CamRecord
 
 __all__ = ["CamExplorer", "LambdaExplorer"]
-
-
-def _show(out: Any, fig: Figure) -> None:
-    """Replace `out`'s content by `fig`, then close it (the Output keeps the picture)."""
-    from IPython.display import display
-
-    with out:
-        out.clear_output(wait=True)
-        display(fig)
-        plt.close(fig)
 
 
 class CamExplorer:
@@ -61,7 +50,7 @@ class CamExplorer:
 
     @serialized
     def redraw(self) -> None:
-        _show(self.out, self.figure(self.slider.value))
+        show_figure(self.out, self.figure(self.slider.value))
 
 
 class LambdaExplorer:
@@ -95,4 +84,4 @@ class LambdaExplorer:
 
     @serialized
     def redraw(self) -> None:
-        _show(self.out, self.figure(self.weight.value, self.image.value))
+        show_figure(self.out, self.figure(self.weight.value, self.image.value))

@@ -8,14 +8,13 @@ in docs/methods/gsp.md.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
 from labkit.core.models import Network
 from labkit.methods.gsp import image_costs, selective_gamma
 from labkit.viz.gsp import transport_figure
-from labkit.widgets.picture import with_picture
+from labkit.widgets.picture import show_figure, with_picture
 from labkit.widgets.sync import serialized
 
 
@@ -52,12 +51,7 @@ class TransportExplorer:
     def redraw(self):
         """Re-solve for the sliders' values and re-draw; returns the figure."""
         fig = self.figure(float(self.mu.value), float(self.gamma.value))
-        self.out.clear_output(wait=True)
-        with self.out:
-            from IPython.display import display
-
-            display(fig)
-        plt.close(fig)
+        show_figure(self.out, fig)
         return fig
 
 

@@ -71,3 +71,15 @@ def picture_only(output: dict[str, Any]) -> bool:
     del data[WIDGET_MIMETYPE]
     output.setdefault("metadata", {})["labkit"] = {"widget_picture": True}
     return True
+
+
+def show_figure(out: Any, figure: Any) -> None:
+    """Replace an ipywidgets Output's content by `figure`, then close the figure (the Output
+    keeps its picture; an open figure would be drawn again by the notebook at the cell's end)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    with out:
+        out.clear_output(wait=True)
+        display(figure)
+    plt.close(figure)
