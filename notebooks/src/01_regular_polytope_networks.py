@@ -256,7 +256,7 @@ print(rp.acceptance_table([plain, check], digits=1))
 #   needs the margin, as that paper's title says, not the fixed classifier alone. The margin's
 #   form and size are our reconstruction (`docs/methods/reponet.md`).
 # - **Center Loss.** Its centres take Wen et al.'s step at a constant α. In the stored run they
-#   sit 1.18° on average (worst 2.09°) and 1.26 units (worst 2.31) from the test class means,
+#   sit 1.08° on average (worst 2.32°) and 1.30 units (worst 2.48) from the test class means,
 #   which lie about 20 units from the origin. The centres trained by AdamW before were about as
 #   close (0.60° / 1.48° on the same seed, in a separate run), so the fix changes what the update
 #   is rather than how well the centres fit (`docs/findings/01_regular_polytope_networks.md`).
