@@ -158,9 +158,11 @@ class Experiment(Generic[S, R]):
         rows = [self.row(r) for r in results]
         return Summary(self.group_by, rows, group_spreads(rows, self.group_by, self.metrics))
 
-    def table(self, summary: Summary) -> str:
-        """One line per group: its fields, the seeds, each metric's mean ± std."""
-        metrics = [m for m in self.metrics if any(m in s for s in summary.stats.values())]
+    def table(self, summary: Summary, metrics: Sequence[str] | None = None) -> str:
+        """One line per group: its fields, the seeds, each metric's mean ± std (default: every
+        one of `metrics` the runs have)."""
+        metrics = [m for m in (metrics or self.metrics)
+                   if any(m in s for s in summary.stats.values())]
         lines = [[*key, next(iter(stats.values())).n if stats else 0,
                   *[stats.get(m, "") for m in metrics]]
                  for key, stats in summary.stats.items()]

@@ -19,7 +19,6 @@ import torch
 from labkit.core import config, experiment
 from labkit.core.data import ArrayDataset, load_memoised
 from labkit.core.experiment import Comparison, Summary
-from labkit.core.report import text_table
 from labkit.methods import fdl
 
 COMBINERS = ("mean_member", "soft_vote", "hard_vote", "fusion")
@@ -205,16 +204,6 @@ class FDLExperiment(experiment.Experiment):
         gains = {f"{c}_gain": result.metrics[c] - result.metrics["mean_member"]
                  for c in COMBINERS[1:]}
         return {**super().row(result), **gains}
-
-    def table(self, summary: Summary, metrics: Sequence[str] | None = None) -> str:
-        """One line per (method, k): the seeds and each metric's mean ± std (default: every
-        metric the runs have)."""
-        metrics = [m for m in (metrics or self.metrics)
-                   if any(m in s for s in summary.stats.values())]
-        lines = [[*key, next(iter(stats.values())).n if stats else 0,
-                  *[stats.get(m, "") for m in metrics]] for key, stats in summary.stats.items()]
-        return text_table([*summary.by, "seeds", *metrics], lines, scale=self.table_scale,
-                          digits=self.table_digits)
 
 
 EXPERIMENT = FDLExperiment()
