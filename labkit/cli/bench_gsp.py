@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from labkit.core import config
 from labkit.methods.gsp import (
     GSP,
     default_tol,
@@ -96,11 +97,6 @@ def plain_transport(costs: torch.Tensor, mu: float, gamma: float, iters: int = 1
     return _PlainTransport.apply(costs, mu, gamma, iters)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _settle_allocator(device: torch.device, mib: int = 16) -> None:
     """Put the host allocator in the state a training process is in after its first step.
 
@@ -131,10 +127,10 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: tor
             if self_timed:
                 times[name].append(float(fn()))
                 continue
-            _sync(device)
+            config.synchronize(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            config.synchronize(device)
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -215,10 +211,10 @@ def bench_transport(shape: tuple[int, int, int] = (64, 64, 49), mu: float = 0.3,
         def run():
             c = base.clone().requires_grad_(True)
             out = solver(c)
-            _sync(device)
+            config.synchronize(device)
             t0 = time.perf_counter()
             torch.autograd.backward(out, (weight_rho, weight_pi))  # as in comparison 1
-            _sync(device)
+            config.synchronize(device)
             return time.perf_counter() - t0
         return run
 

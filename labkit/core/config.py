@@ -64,6 +64,12 @@ def get_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for `device`'s queued kernels (CUDA), so that a timer reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def small_cpu_thread_cap(device: torch.device) -> int | None:
     """1 on a CPU of at most 4 cores, else None (no cap): the lab's tiny convolutions gain
     nothing from more intra-op threads there, and OpenMP threads spinning against other

@@ -2,19 +2,15 @@
 
 Every run trains the same network with the same budget (steps, batch size P*M, optimiser) and
 evaluates retrieval on the unseen classes with `labkit.core.evaluate.retrieval_metrics`:
+baseline: pytorch-metric-learning's m-per-class batches (P classes x M samples), the loss on all
+pairs/triplets; apfs: `RepresentativeBatchSampler` batches (P representatives + P*(M-1)
+samples), the loss on sample-to-representative pairs plus the proximal term (anchor reset every
+T steps); apfs+mining: the same with hard class mining from the representatives' embeddings.
 
-- baseline: pytorch-metric-learning's m-per-class batches (P classes x M samples), the loss on
-  all pairs/triplets of the batch;
-- apfs: `RepresentativeBatchSampler` batches (P representatives + P*(M-1) samples), the loss on
-  sample-to-representative pairs, plus the proximal term with the anchor reset every T steps;
-- apfs+mining: the same with hard class mining from the representatives' embeddings.
-
-The runner follows `labkit.core.experiment` (`Settings`, `run`, `sweep`, `summary`, `table`,
-`claims`); the λ and T sweeps are `sweep(settings, strength=...)` / `sweep(settings,
-lifetime=...)`; `step_cost` times the variants' steps side by side (a typed `StepCost`). The
-2-D feasible-set run is `labkit.methods.apfs.geometry_run`. The protocol, the defaults per
-profile and the deviations from the paper: docs/methods/apfs.md; what was measured:
-docs/findings/05_alternating_projections.md.
+The runner follows `labkit.core.experiment`; the λ and T sweeps are `sweep(settings,
+strength=...)` / `sweep(settings, lifetime=...)`; `step_cost` times the variants' steps side by
+side. The 2-D feasible-set run is `labkit.methods.apfs.geometry_run`. Protocol, defaults and
+deviations: docs/methods/apfs.md; measurements: docs/findings/05_alternating_projections.md.
 """
 
 from __future__ import annotations
@@ -22,6 +18,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Any, ClassVar
 
 import torch
@@ -31,8 +28,9 @@ from labkit.core import config, experiment
 from labkit.core.data import ArrayDataset, MPerClassBatches, class_disjoint_split
 from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.experiment import Comparison
-from labkit.core.models import Network, PooledLinear, build_backbone
+from labkit.core.models import Network, PooledLinear, build_backbone, map_shape
 from labkit.core.train import fit
+from labkit.methods import gsp
 from labkit.methods.apfs import (
     LOSS_NAMES,
     MINER_NAMES,
@@ -45,6 +43,7 @@ from labkit.methods.apfs import (
 
 VARIANTS = ("baseline", "apfs", "apfs+mining")
 PROXIMAL_FORMS = ("gradient", "penalty")
+POOLINGS = (None, "gap", "gsp")
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,12 @@ class Settings(experiment.Settings):
     # works on gradients too: no extra graph); "penalty": (λ/2)||θ - θ_anchor||² in the loss
     proximal: str = "gradient"
     miner: str | None = None  # None (the authors' setting) or a pair miner of MINER_NAMES
+    # None: the trunk's own neck (tiny: flatten + linear, others: average + linear); "gsp" or
+    # "gap" (exactly GAP: mu = 1): the GSP runner's layer on the full-resolution map
+    pooling: str | None = None
+    num_prototypes: int = 16  # K, mu (transport ratio) and gamma of the GSP layer
+    mu: float = 0.3
+    gamma: float = 5.0
 
     PROFILES: ClassVar = {
         "quick": dict(widths=(8, 16, 32), dim=32, epochs=1, batches_per_pass=10, lifetime=5,
@@ -88,16 +93,12 @@ class Settings(experiment.Settings):
     }
 
     def check(self) -> None:
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSS_NAMES)}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}; choose from "
-                             f"{', '.join(VARIANTS)}")
-        if self.miner is not None and self.miner not in MINER_NAMES:
-            raise ValueError(f"unknown miner {self.miner!r}; use None or one of {MINER_NAMES}")
-        if self.proximal not in PROXIMAL_FORMS:
-            raise ValueError(f"unknown proximal form {self.proximal!r}; use one of "
-                             f"{PROXIMAL_FORMS}")
+        for name, value, allowed in (("loss", self.loss, LOSS_NAMES), ("variant", self.variant,
+                                     VARIANTS), ("miner", self.miner, (None, *MINER_NAMES)),
+                                     ("pooling", self.pooling, POOLINGS),
+                                     ("proximal form", self.proximal, PROXIMAL_FORMS)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; use one of {allowed}")
         if self.batches_per_pass % self.lifetime:
             raise ValueError(f"batches_per_pass={self.batches_per_pass} must be a multiple of "
                              f"lifetime={self.lifetime} (rounds restart with each pass)")
@@ -106,13 +107,23 @@ class Settings(experiment.Settings):
 @dataclass
 class Result(experiment.Result):
     """A trained run: retrieval metrics on the unseen classes, per-epoch history, the mean
-    seconds per step, and ||θ - θ_anchor|| at each round's end (empty for the baseline)."""
+    seconds per step, ||θ - θ_anchor|| at each round's end (empty for the baseline), weights."""
 
     settings: Settings
     metrics: dict[str, float]
     history: list[dict[str, float]]
     seconds_per_step: float
     round_distances: list[float]
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    state_dict: dict[str, torch.Tensor] | None = None  # None: a result written by hand
+
+    def model(self) -> Network:
+        """The trained network, rebuilt (eval mode, CPU)."""
+        if self.state_dict is None:
+            raise ValueError("this result holds no weights")
+        model = build_model(self.settings, self.image_shape[0], self.image_shape[1])
+        model.load_state_dict(self.state_dict)
+        return model.eval()
 
 
 def load_split(settings: Settings) -> tuple[ArrayDataset, ArrayDataset]:
@@ -123,20 +134,30 @@ def load_split(settings: Settings) -> tuple[ArrayDataset, ArrayDataset]:
 
 
 def build_model(settings: Settings, in_channels: int, image_size: int) -> Network:
-    """Backbone + linear embedding of `dim` (no classifier head)."""
-    if settings.arch == "tiny":
-        return tiny_network(settings.widths, settings.dim, in_channels, image_size)
-    options = {"widths": tuple(settings.widths)} if settings.widths else {}
-    backbone = build_backbone(settings.arch, in_channels, image_size, **options)
-    return Network(backbone, PooledLinear(backbone.out_channels, settings.dim), head=None)
+    """Backbone + embedding of `dim` (no classifier head): the trunk's own neck, or GSP."""
+    options: dict[str, Any] = {"widths": tuple(settings.widths)} if settings.widths else {}
+    if settings.pooling is None:
+        if settings.arch == "tiny":
+            return tiny_network(settings.widths, settings.dim, in_channels, image_size)
+        backbone = build_backbone(settings.arch, in_channels, image_size, **options)
+        return Network(backbone, PooledLinear(backbone.out_channels, settings.dim), head=None)
+    backbone = build_backbone(settings.arch, in_channels, image_size, **options,
+                              **({"pool_last": False} if settings.arch == "vgg" else {}))
+    neck = gsp.GSP(map_shape(backbone, in_channels, image_size)[0], settings.dim,
+                   settings.num_prototypes, mu=1.0 if settings.pooling == "gap" else settings.mu,
+                   gamma=settings.gamma)
+    return Network(backbone, neck, head=None)
 
 
 def make_training(settings: Settings, model: nn.Module, train: ArrayDataset,
                   ) -> tuple[MetricLoss, Any, list[Any]]:
     """(loss_fn, batch_sampler, callbacks) of the settings' variant, with the same budget for
-    all. `run` and `labkit train` both build their training here."""
-    p, m = settings.classes_per_batch, settings.samples_per_class
-    steps, miner = settings.batches_per_pass, settings.miner
+    all; sets a GSP layer's prototypes. `run` and `labkit train` both build their training here."""
+    p, m, steps, miner = (settings.classes_per_batch, settings.samples_per_class,
+                          settings.batches_per_pass, settings.miner)
+    if settings.pooling is not None:  # k-centres of one batch's worth of seeded train images
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))
+        gsp.prime_prototypes(model, train.images[pick[:p * m]])
     if settings.variant == "baseline":
         return (MetricLoss(settings.loss, miner=miner), MPerClassBatches(train.labels, m, p, steps),
                 [])
@@ -173,12 +194,18 @@ class APFSExperiment(experiment.RetrievalExperiment):
         history = fit(model, loss_fn, train, epochs=settings.epochs, optimizer="adam",
                       lr=settings.lr, batch_sampler=sampler, callbacks=callbacks,
                       device=device, seed=settings.seed, progress=progress)
-        seconds = time.perf_counter() - started
-        metrics = retrieval_metrics(embed(model, test.images), test.labels.cpu(),
-                                    seed=settings.seed)
-        return Result(settings, metrics, history.epochs,
-                      seconds / max(1, settings.epochs * len(sampler)),
-                      list(callbacks[0].round_distances) if callbacks else [])
+        seconds = (time.perf_counter() - started) / max(1, settings.epochs * len(sampler))
+        return evaluate(settings, model, test, history.epochs, seconds, callbacks)
+
+
+def evaluate(settings: Settings, model: Network, test: ArrayDataset,
+             history: list[dict[str, float]], seconds_per_step: float,
+             callbacks: list[Any]) -> Result:
+    """The run's `Result`: retrieval on the unseen classes, and the weights on the CPU."""
+    metrics = retrieval_metrics(embed(model, test.images), test.labels.cpu(), seed=settings.seed)
+    return Result(settings, metrics, list(history), seconds_per_step,
+                  list(callbacks[0].round_distances) if callbacks else [],
+                  tuple(test.image_shape), {k: v.cpu() for k, v in model.state_dict().items()})
 
 
 EXPERIMENT = APFSExperiment()
@@ -228,12 +255,10 @@ class StepCost:
 
 def step_cost(settings: Settings | None = None, steps: int | None = None,
               repeats: int = 5) -> StepCost:
-    """Baseline, APFS and APFS+mining steps of `settings` (default: the profile's), timed.
-
-    Blocks of `steps` steps (default: one pass of the sampler, so each block holds whole rounds
-    and the baseline's once-per-pass index building) alternate between the variants `repeats`
-    times, in alternating order, after a warm-up block each, so machine noise hits all alike.
-    """
+    """Baseline, APFS and APFS+mining steps of `settings` (default: the profile's), timed:
+    blocks of `steps` steps (default: one sampler pass: whole rounds and the baseline's
+    once-per-pass index building) alternate between the variants `repeats` times, in alternating
+    order, after a warm-up block each, so machine noise hits all alike."""
     settings = settings if settings is not None else Settings.for_profile()
     train, _ = load_split(settings)
     device = config.get_device()
@@ -246,13 +271,13 @@ def step_cost(settings: Settings | None = None, steps: int | None = None,
         loss_fn, sampler, callbacks = make_training(settings.replace(variant=variant), model,
                                                     train)
         opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-        runners[variant] = (model, loss_fn, _cycle(sampler), callbacks, opt)
+        batches = chain.from_iterable(repeat(sampler))
+        runners[variant] = (model, loss_fn, batches, callbacks, opt)
     steps = settings.batches_per_pass if steps is None else int(steps)
 
     def block(variant: str) -> float:
         model, loss_fn, batches, callbacks, opt = runners[variant]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        config.synchronize(device)
         started = time.perf_counter()
         for _ in range(steps):
             index = torch.as_tensor(next(batches), device=device)
@@ -262,8 +287,7 @@ def step_cost(settings: Settings | None = None, steps: int | None = None,
             opt.step()
             for cb in callbacks:
                 cb.on_step_end(None)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        config.synchronize(device)
         return (time.perf_counter() - started) / steps
 
     for variant in VARIANTS:
@@ -273,8 +297,3 @@ def step_cost(settings: Settings | None = None, steps: int | None = None,
         for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
             blocks[variant].append(block(variant))
     return StepCost(settings, steps, blocks)
-
-
-def _cycle(sampler: Any):
-    while True:
-        yield from sampler

@@ -518,6 +518,14 @@ class GSP(nn.Module):
                 f"iters={self.iters}, backward={self.backward!r}")
 
 
+def prime_prototypes(model: Network, images: torch.Tensor) -> None:
+    """Set `model.neck`'s (a `GSP`) prototypes to k-centres of the local features of images
+    (B, C, H, W), moved to the model's device: done once, before training starts."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model.neck.init_prototypes(model.neck.local_features(model.backbone(images.to(device))))
+
+
 # --------------------------------------------------------------------------- zero-shot loss
 def zero_shot_prediction_loss(histograms: torch.Tensor, labels: torch.Tensor,
                               class_embeddings: torch.Tensor, lam: float = 0.05,

@@ -24,7 +24,7 @@ from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.experiment import Comparison
 from labkit.core.models import Network, build_backbone, map_shape
 from labkit.core.train import fit
-from labkit.methods.gsp import GSP, GSPMetricLoss, ZeroShotPredictionLoss
+from labkit.methods.gsp import GSP, GSPMetricLoss, ZeroShotPredictionLoss, prime_prototypes
 
 LOSSES = ("contrastive", "triplet", "multi_similarity", "proxy_anchor")
 VARIANTS = ("gap", "gsp", "gsp+zsr")
@@ -177,10 +177,7 @@ def make_training(settings: Settings, model: Network, train: ArrayDataset, devic
     # Prototypes: k-centres of a batch's local features, taken before training starts. The
     # sampler draws from numpy's global generator, which `fit` seeds again before its first step.
     model.to(device)
-    with torch.no_grad():
-        first = next(iter(sampler))
-        model.neck.init_prototypes(model.neck.local_features(
-            model.backbone(train.images[first].to(device))))
+    prime_prototypes(model, train.images[next(iter(sampler))])
     return loss_fn, groups, sampler
 
 

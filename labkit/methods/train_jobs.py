@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from labkit.core import config
 from labkit.core import distributed as D
 from labkit.core.data import ArrayDataset
-from labkit.core.evaluate import embed, retrieval_metrics
 from labkit.core.loop import Outcome, ShuffledBatches, TrainJob
 from labkit.core.models import NetworkOutput
 from labkit.core.train import History, _make_optimizer, _make_scheduler, record_snapshot
@@ -239,14 +238,12 @@ def apfs_training(cfg: Mapping[str, Any], device: torch.device) -> MethodTrainin
     job = TrainJob(model, loss_fn.outputs, loss_fn.from_outputs, optimizer, sampler, train,
                    settings.epochs, stateful=stateful,
                    loss_parameters=list(loss_fn.parameters()),
-                   after_step=regularizer.on_step_end if regularizer is not None else None)
+                   after_step=regularizer.on_step_end if regularizer is not None else None,
+                   find_unused_parameters=settings.pooling == "gap")  # GAP never reads prototypes
 
     def finish(outcome: Outcome) -> Any:
-        metrics = retrieval_metrics(embed(model, test.images), test.labels.cpu(),
-                                    seed=settings.seed)
-        return A.Result(settings, metrics, outcome.epochs,
-                        sum(outcome.seconds) / max(1, len(outcome.seconds)),
-                        list(regularizer.round_distances) if regularizer else [])
+        return A.evaluate(settings, model, test, outcome.epochs,
+                          sum(outcome.seconds) / max(1, len(outcome.seconds)), callbacks)
 
     return MethodTraining(job, finish)
 

@@ -78,6 +78,8 @@ def test_settings_profiles_and_checks():
         X.Settings(loss="multi_similarity", miner="hard_negative")
     with pytest.raises(ValueError, match="proximal form"):
         X.Settings(proximal="exact")
+    with pytest.raises(ValueError, match="unknown pooling"):
+        X.Settings(pooling="max")
     assert X.EXPERIMENT.grid() == {"loss": ("contrastive",), "variant": X.VARIANTS,
                                    "seed": (0,)}
 
@@ -156,6 +158,32 @@ def test_quick_ablation_runs_caches_and_summarises():
     gain = claims["mining > apfs"]["contrastive"]
     assert gain.seeds == 1 and gain.gain == pytest.approx(
         results[2].metrics["recall@1"] - results[1].metrics["recall@1"])
+
+
+@pytest.mark.parametrize("pooling", ["gap", "gsp"])
+def test_gsp_pooling_trains_and_the_stored_weights_rebuild_the_network(pooling):
+    from labkit.methods.gsp import GSP
+
+    settings = X.Settings.for_profile(arch="vgg", widths=(4, 8, 8), pooling=pooling,
+                                      variant="baseline", **TINY)
+    model = X.build_model(settings, 1, 28)
+    assert isinstance(model.neck, GSP) and model.neck.mu == (1.0 if pooling == "gap" else 0.3)
+    assert model.backbone(torch.zeros(1, 1, 28, 28)).shape[-2:] == (7, 7)  # full-resolution map
+    result = X.run(settings)
+    assert bool(result.state_dict["neck.initialized"])  # k-centre prototypes before training
+    test = _digits_like(1, 5)
+    with torch.no_grad():
+        again = result.model()(test.images[:8])
+    assert again.shape == (8, settings.dim) and torch.isfinite(again).all()
+    assert 0 <= result.metrics["recall@1"] <= 1
+    with pytest.raises(ValueError, match="no weights"):
+        dataclasses.replace(result, state_dict=None).model()
+
+
+def test_default_pooling_keeps_the_trunks_own_neck():
+    assert type(X.build_model(X.Settings.for_profile(), 1, 28).neck).__name__ == "FlattenLinear"
+    pooled = X.build_model(X.Settings.for_profile(arch="vgg", widths=(4, 8)), 1, 28)
+    assert type(pooled.neck).__name__ == "PooledLinear"
 
 
 def test_summary_and_claims_on_known_results():
