@@ -136,6 +136,7 @@ plt.xlabel("epoch"); plt.ylabel("test accuracy"); plt.grid(alpha=0.3);
 # | `03_embedding_interchangeability` | McNeely-White et al., Interchangeability of CNN Embedding Spaces | linear maps between the embeddings of different networks; retention heatmaps; open-set ROC |
 # | `04_generalized_sum_pooling` | Gürbüz et al., Generalized Sum Pooling | pooling as partial optimal transport; which features are kept; GAP vs GSP in zero-shot retrieval |
 # | `05_alternating_projections` | Can et al., Alternating Projections onto Feasible Sets | batches built around class representatives; the proximal term; hard class mining |
+# | `06_one_space_five_lenses` | (the papers together) | questions no single paper asks: are fixed-simplex networks more interchangeable? do FDL members still share a space? do GSP and APFS combine? |
 #
 # Each method has its own page in `docs/methods/` (the maths, the defaults, the authors' code
 # it was compared with, every deviation).
