@@ -274,9 +274,9 @@ print(f"2-D run, share of Theta_k met: round 0 start within alpha {100 * intra0:
 #   +1.1 ± 3.1, +0.7 ± 0.8 and −0.1 ± 0.1 points (contrastive, triplet, multi-similarity),
 #   higher on one, two and none of the three seeds. NMI moves by +3.7, +1.1 and −0.2 points
 #   (means), against spreads of the mining row's NMI of 3.5, 4.1 and 1.9.
-# * **Cost:** 1.10× the baseline per step for APFS (1.09× by the median block) and 1.09× with
-#   mining (1.11×) in the stored run, at the edge of 10% (it printed True); on this machine the
-#   ratio moves by several percent between processes (earlier stored runs measured 1.07× and
+# * **Cost:** 1.04× the baseline per step for APFS (1.03× by the median block) and 1.04× with
+#   mining (1.03×) in the stored run, within 10% (it printed True); on this machine the ratio
+#   moves by several percent between processes (earlier stored runs measured 1.07×, 1.10× and
 #   1.11×).
 # * **λ and T** (one seed): read the sweep line above with one seed's noise in mind (λ = 0.2, the
 #   value kept for the ablation, is second lowest of the four λ runs there, λ = 2 the highest
